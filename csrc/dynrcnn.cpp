@@ -1,0 +1,30 @@
+// The one place where dynrcnn's operator schemas are declared. Kernels live in
+// ops/cpu/*.cpp (CPU dispatch key) and ops/cuda/*.cu (CUDA dispatch key); fake (meta)
+// kernels and autograd are registered from Python in dynrcnn/ops/.
+#include <torch/library.h>
+
+TORCH_LIBRARY(dynrcnn, m) {
+  // Pairwise IoU of x1,y1,x2,y2 boxes. Boxes with non-positive width or height (or NaN
+  // coordinates) have IoU 0 with everything. Output dtype = input dtype.
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+
+  // Fused matching and Dynamic R-CNN statistics for a batch of images; see DESIGN.md
+  // "Op contracts" and dynrcnn/ops/_reference.py for the exact semantics.
+  //   matched_idxs int64[N]: row of gt_boxes (global index) or -1 for an image with no gt
+  //   max_iou      float32[N]; labels int64[N] (1 if max_iou >= iou_thr and the image has gt)
+  //   kth_iou, kth_err float32[] (per_image=False) or float32[B] (per_image=True)
+  m.def(
+      "dynamic_match(Tensor proposals, Tensor gt_boxes, Tensor proposal_splits, "
+      "Tensor gt_splits, Tensor iou_thr, int k_iou, int k_err, float[] weights, "
+      "bool per_image) -> (Tensor matched_idxs, Tensor max_iou, Tensor labels, "
+      "Tensor kth_iou, Tensor kth_err)");
+
+  // Dynamic SmoothL1 with beta as a 0-dim tensor on the op's device.
+  // reduction: 0 = none, 1 = mean, 2 = sum (at::Reduction values).
+  m.def(
+      "dynamic_smooth_l1(Tensor input, Tensor target, Tensor beta, Tensor? weight, "
+      "int reduction) -> Tensor");
+  m.def(
+      "dynamic_smooth_l1_backward(Tensor grad_output, Tensor input, Tensor target, "
+      "Tensor beta, Tensor? weight, int reduction) -> Tensor");
+}

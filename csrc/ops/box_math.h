@@ -1,0 +1,66 @@
+// Small inline box math shared by the CPU and CUDA kernels (and the C++ tests).
+// Everything is computed in the accumulation type `T` (float for half/bfloat16/float).
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DYNRCNN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define DYNRCNN_HOST_DEVICE inline
+#endif
+
+namespace dynrcnn {
+
+// IoU of two x1,y1,x2,y2 boxes. The operation order matches dynrcnn/ops/_reference.py so
+// that float32 results agree to rounding. A box with non-positive width or height, or with
+// NaN coordinates, has IoU 0 with everything (never NaN).
+template <typename T>
+DYNRCNN_HOST_DEVICE T iou_xyxy(T ax1, T ay1, T ax2, T ay2, T bx1, T by1, T bx2, T by2) {
+  const T aw = ax2 - ax1, ah = ay2 - ay1;
+  const T bw = bx2 - bx1, bh = by2 - by1;
+  // `!(x > 0)` is also true for NaN.
+  if (!(aw > T(0)) || !(ah > T(0)) || !(bw > T(0)) || !(bh > T(0))) return T(0);
+  const T area_a = aw * ah;
+  const T area_b = bw * bh;
+  const T iw = (ax2 < bx2 ? ax2 : bx2) - (ax1 > bx1 ? ax1 : bx1);
+  const T ih = (ay2 < by2 ? ay2 : by2) - (ay1 > by1 ? ay1 : by1);
+  if (!(iw > T(0)) || !(ih > T(0))) return T(0);
+  const T inter = iw * ih;
+  const T uni = area_a + area_b - inter;
+  const T iou = inter / uni;
+  // Infinite coordinates can give inf/inf; keep the result a number in [0, 1].
+  return (iou >= T(0)) ? (iou <= T(1) ? iou : T(1)) : T(0);
+}
+
+// Regression error of a proposal against its ground truth: mean(|dx|, |dy|) of the target
+// encoded as torchvision's BoxCoder does (no +1 on widths), with weights (wx, wy).
+template <typename T>
+DYNRCNN_HOST_DEVICE T regression_error(T px1, T py1, T px2, T py2, T gx1, T gy1, T gx2, T gy2,
+                                       T wx, T wy) {
+  const T pw = px2 - px1, ph = py2 - py1;
+  const T pcx = px1 + T(0.5) * pw, pcy = py1 + T(0.5) * ph;
+  const T gw = gx2 - gx1, gh = gy2 - gy1;
+  const T gcx = gx1 + T(0.5) * gw, gcy = gy1 + T(0.5) * gh;
+  const T dx = wx * (gcx - pcx) / pw;
+  const T dy = wy * (gcy - pcy) / ph;
+  return (std::fabs(dx) + std::fabs(dy)) * T(0.5);
+}
+
+// SmoothL1 with beta; beta <= 1e-6 is L1 (no division by ~0). Loss and d loss / d diff.
+template <typename T>
+DYNRCNN_HOST_DEVICE T smooth_l1(T diff, T beta) {
+  const T ad = std::fabs(diff);
+  if (beta <= T(1e-6)) return ad;
+  return ad < beta ? T(0.5) * diff * diff / beta : ad - T(0.5) * beta;
+}
+
+template <typename T>
+DYNRCNN_HOST_DEVICE T smooth_l1_grad(T diff, T beta) {
+  const T ad = std::fabs(diff);
+  const T sign = diff > T(0) ? T(1) : (diff < T(0) ? T(-1) : T(0));
+  if (beta <= T(1e-6)) return sign;
+  return ad < beta ? diff / beta : sign;
+}
+
+}  // namespace dynrcnn

@@ -1,0 +1,99 @@
+"""Dynamic SmoothL1: SmoothL1 whose beta is a device tensor, forward and backward fused."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from dynrcnn.ops import _reference
+from dynrcnn.ops._extension import extension_available, use_kernels
+from dynrcnn.ops._validation import (
+    as_scalar_tensor,
+    check_float,
+    check_reduction,
+    check_same_device,
+    check_tensor,
+)
+
+
+class DynamicSmoothL1Function(torch.autograd.Function):
+    """Autograd of `torch.ops.dynrcnn.dynamic_smooth_l1`.
+
+    Gradients flow to `input` and `target` (d/d target = -d/d input); `beta` and `weight`
+    are treated as constants. The same backward is registered on the op itself with
+    torch.library.register_autograd, so torch.compile sees it too.
+    """
+
+    @staticmethod
+    def forward(input: Tensor, target: Tensor, beta: Tensor, weight: Optional[Tensor],
+                reduction: int) -> Tensor:
+        return torch.ops.dynrcnn.dynamic_smooth_l1(input, target, beta, weight, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        input, target, beta, weight, reduction = inputs
+        ctx.save_for_backward(input, target, beta, weight)
+        ctx.reduction = reduction
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        input, target, beta, weight = ctx.saved_tensors
+        needs_input, needs_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (needs_input or needs_target):
+            return None, None, None, None, None
+        grad = torch.ops.dynrcnn.dynamic_smooth_l1_backward(
+            grad_output, input, target, beta, weight, ctx.reduction
+        )
+        return (grad if needs_input else None, -grad if needs_target else None,
+                None, None, None)
+
+
+if extension_available():
+    torch.library.register_autograd(
+        "dynrcnn::dynamic_smooth_l1",
+        DynamicSmoothL1Function.backward,
+        setup_context=DynamicSmoothL1Function.setup_context,
+    )
+
+
+def dynamic_smooth_l1(
+    input: Tensor,
+    target: Tensor,
+    beta: Union[Tensor, float],
+    weight: Optional[Tensor] = None,
+    reduction: str = "sum",
+) -> Tensor:
+    """SmoothL1(input - target) with `beta` a 0-dim tensor on the inputs' device.
+
+    loss = 0.5 * d^2 / beta if |d| < beta else |d| - 0.5 * beta; beta <= 1e-6 gives L1.
+    `weight` (same shape as input, optional) multiplies the elementwise loss. Reduction
+    'sum' (the detectors' use), 'mean' or 'none'. The sum is computed in float32 (float64 for
+    float64 inputs) in a fixed order: identical bits run to run.
+    """
+    check_tensor("input", input)
+    check_tensor("target", target)
+    check_float("input", input)
+    if target.dtype != input.dtype:
+        raise TypeError(f"target is {target.dtype} but input is {input.dtype}: use one dtype")
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target has shape {list(target.shape)} but input has {list(input.shape)}"
+        )
+    if weight is not None:
+        check_tensor("weight", weight)
+        check_float("weight", weight)
+        if weight.shape != input.shape:
+            raise ValueError(
+                f"weight must have the input's shape {list(input.shape)}, got "
+                f"{list(weight.shape)} (use weight.expand_as(input))"
+            )
+    check_same_device(input=input, target=target, weight=weight)
+    beta_t = as_scalar_tensor("beta", beta, input)
+    code = check_reduction(reduction)
+    if not use_kernels(input.device):
+        return _reference.dynamic_smooth_l1(input, target, beta_t, weight, reduction)
+    if weight is not None and weight.dtype != input.dtype:
+        weight = weight.to(input.dtype)
+    return torch.ops.dynrcnn.dynamic_smooth_l1(input, target, beta_t, weight, code)

@@ -25,7 +25,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
-CSRC = ROOT / "csrc"
+CSRC = Path("csrc")  # setuptools wants source paths relative to setup.py
+os.chdir(ROOT)
 
 
 def _truthy(name: str) -> bool:
@@ -123,7 +124,7 @@ def build_extensions():
 
     sources = [str(CSRC / "dynrcnn.cpp"), str(CSRC / "python_module.cpp")]
     sources += sorted(str(p) for p in (CSRC / "ops" / "cpu").glob("*.cpp"))
-    include_dirs = [str(CSRC)]
+    include_dirs = [str(ROOT / CSRC)]
     define_macros: list[tuple[str, str | None]] = []
     extra_cxx = ["-O3"]
     extra_nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]

@@ -15,22 +15,24 @@ namespace dynrcnn {
 // IoU of two x1,y1,x2,y2 boxes. The operation order matches dynrcnn/ops/_reference.py so
 // that float32 results agree to rounding. A box with non-positive width or height, or with
 // NaN coordinates, has IoU 0 with everything (never NaN).
+// Written without branches (every value computed, then selected) so that the CPU loops over
+// ground-truth boxes vectorize and CUDA threads do not diverge; a division by zero in a
+// discarded lane is harmless (IEEE exceptions are masked).
 template <typename T>
 DYNRCNN_HOST_DEVICE T iou_xyxy(T ax1, T ay1, T ax2, T ay2, T bx1, T by1, T bx2, T by2) {
   const T aw = ax2 - ax1, ah = ay2 - ay1;
   const T bw = bx2 - bx1, bh = by2 - by1;
-  // `!(x > 0)` is also true for NaN.
-  if (!(aw > T(0)) || !(ah > T(0)) || !(bw > T(0)) || !(bh > T(0))) return T(0);
-  const T area_a = aw * ah;
-  const T area_b = bw * bh;
   const T iw = (ax2 < bx2 ? ax2 : bx2) - (ax1 > bx1 ? ax1 : bx1);
   const T ih = (ay2 < by2 ? ay2 : by2) - (ay1 > by1 ? ay1 : by1);
-  if (!(iw > T(0)) || !(ih > T(0))) return T(0);
   const T inter = iw * ih;
-  const T uni = area_a + area_b - inter;
+  const T uni = aw * ah + bw * bh - inter;
   const T iou = inter / uni;
-  // Infinite coordinates can give inf/inf; keep the result a number in [0, 1].
-  return (iou >= T(0)) ? (iou <= T(1) ? iou : T(1)) : T(0);
+  // Comparisons with NaN are false, so NaN boxes (and inf/inf) fall to 0. `&` (not `&&`)
+  // keeps it branch-free.
+  const bool ok = (aw > T(0)) & (ah > T(0)) & (bw > T(0)) & (bh > T(0)) & (iw > T(0)) &
+                  (ih > T(0)) & (iou >= T(0));
+  const T clamped = iou < T(1) ? iou : T(1);
+  return ok ? clamped : T(0);
 }
 
 // Regression error of a proposal against its ground truth: mean(|dx|, |dy|) of the target
@@ -47,20 +49,24 @@ DYNRCNN_HOST_DEVICE T regression_error(T px1, T py1, T px2, T py2, T gx1, T gy1,
   return (std::fabs(dx) + std::fabs(dy)) * T(0.5);
 }
 
-// SmoothL1 with beta; beta <= 1e-6 is L1 (no division by ~0). Loss and d loss / d diff.
+// SmoothL1 with beta; beta <= 1e-6 is L1 (the quadratic branch would divide by ~0).
+// Both branches are computed and one selected, so loops vectorize (see iou_xyxy).
 template <typename T>
 DYNRCNN_HOST_DEVICE T smooth_l1(T diff, T beta) {
-  const T ad = std::fabs(diff);
-  if (beta <= T(1e-6)) return ad;
-  return ad < beta ? T(0.5) * diff * diff / beta : ad - T(0.5) * beta;
+  const T ad = diff < T(0) ? -diff : diff;
+  const T quadratic = T(0.5) * diff * diff / beta;
+  const T linear = ad - T(0.5) * beta;
+  const T smooth = ad < beta ? quadratic : linear;
+  return beta <= T(1e-6) ? ad : smooth;
 }
 
+// d smooth_l1 / d diff.
 template <typename T>
 DYNRCNN_HOST_DEVICE T smooth_l1_grad(T diff, T beta) {
-  const T ad = std::fabs(diff);
   const T sign = diff > T(0) ? T(1) : (diff < T(0) ? T(-1) : T(0));
-  if (beta <= T(1e-6)) return sign;
-  return ad < beta ? diff / beta : sign;
+  const T ad = diff < T(0) ? -diff : diff;
+  const T smooth = ad < beta ? diff / beta : sign;
+  return beta <= T(1e-6) ? sign : smooth;
 }
 
 }  // namespace dynrcnn

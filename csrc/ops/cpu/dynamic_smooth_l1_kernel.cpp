@@ -137,12 +137,25 @@ at::Tensor dynamic_smooth_l1_backward_cpu(const at::Tensor& grad_output, const a
     scalar_t* po = grad_input.data_ptr<scalar_t>();
     acc_t scale = reduction == 0 ? acc_t(1) : static_cast<acc_t>(pg[0]);
     if (reduction == 1) scale /= static_cast<acc_t>(n);
+    // Separate loops per case keep each one branch-free (and so vectorizable).
     at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        acc_t v = smooth_l1_grad<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]), b);
-        v *= reduction == 0 ? static_cast<acc_t>(pg[i]) : scale;
-        if (pw != nullptr) v *= static_cast<acc_t>(pw[i]);
-        po[i] = static_cast<scalar_t>(v);
+      if (reduction == 0) {
+        for (int64_t i = begin; i < end; ++i) {
+          acc_t v = smooth_l1_grad<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]),
+                                          b) * static_cast<acc_t>(pg[i]);
+          if (pw != nullptr) v *= static_cast<acc_t>(pw[i]);
+          po[i] = static_cast<scalar_t>(v);
+        }
+      } else if (pw != nullptr) {
+        for (int64_t i = begin; i < end; ++i)
+          po[i] = static_cast<scalar_t>(
+              smooth_l1_grad<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]), b) *
+              scale * static_cast<acc_t>(pw[i]));
+      } else {
+        for (int64_t i = begin; i < end; ++i)
+          po[i] = static_cast<scalar_t>(
+              smooth_l1_grad<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]), b) *
+              scale);
       }
     });
   });

@@ -1,0 +1,177 @@
+"""DynamicState: the paper's Algorithm 1 (Dynamic Label Assignment + Dynamic SmoothL1).
+
+Every training iteration the RoI head records two statistics of its proposals (the k-th
+largest IoU and the k-th smallest regression error, from `dynamic_match`). Every `interval`
+(C) records, the IoU threshold T becomes the mean of the recorded IoUs (never below
+`iou_floor`) and the SmoothL1 beta the median of the recorded errors (clamped to
+[beta_min, beta_max]).
+
+Made robust for real training:
+- everything lives in device buffers; `record()` never synchronizes with the host: the
+  "every C iterations" decision comes from a host-side counter;
+- NaN statistics (a batch with no foreground proposal) are skipped by update(); if a whole
+  interval has none, T / beta keep their values. T and beta are never NaN;
+- beta_min > 0 keeps the loss a SmoothL1 (the reference codes let beta reach 0 on crowded
+  images, where it silently becomes L1);
+- under torch.distributed, update() gathers every rank's history first, so all ranks hold
+  the same T and beta;
+- state_dict() holds T, beta, the histories and the record count: a resumed run continues
+  exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+@dataclass
+class DynamicConfig:
+    """Hyperparameters of Dynamic R-CNN (defaults: the paper's).
+
+    k_iou, k_err: KI and Kbeta per image (the detector multiplies by the batch's images
+        when per_image is False, as the authors' code does).
+    interval: C, iterations between updates of T and beta.
+    init_iou, iou_floor: starting T and its lower bound (T never falls below it).
+    init_beta, beta_max: starting beta and its upper bound (beta never rises above it).
+    beta_min: lower bound of beta, 1e-3 by default. The paper has no bound; with 0 the loss
+        turns into L1 on crowded images (both reference codes count the ground-truth copies
+        appended to the proposals, whose error is 0). Set 0.0 to reproduce that.
+    per_image: statistics per image then averaged (mmdetection) instead of over the batch
+        (the authors' code).
+    update_iou, update_beta: switch DLA / DSL off for ablations (T or beta then stay at
+        their initial values).
+    """
+
+    k_iou: int = 75
+    k_err: int = 10
+    interval: int = 100
+    init_iou: float = 0.4
+    iou_floor: float = 0.4
+    init_beta: float = 1.0
+    beta_max: float = 1.0
+    beta_min: float = 1e-3
+    per_image: bool = False
+    update_iou: bool = True
+    update_beta: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k_iou < 1 or self.k_err < 1:
+            raise ValueError(f"k_iou and k_err must be >= 1, got {self.k_iou}, {self.k_err}")
+        if self.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {self.interval}")
+        if not 0.0 <= self.beta_min <= self.beta_max:
+            raise ValueError(
+                f"need 0 <= beta_min <= beta_max, got beta_min={self.beta_min}, "
+                f"beta_max={self.beta_max}"
+            )
+        if not self.beta_min <= self.init_beta <= self.beta_max:
+            raise ValueError(f"init_beta={self.init_beta} must lie in [beta_min, beta_max]")
+        if self.init_iou < self.iou_floor:
+            raise ValueError(f"init_iou={self.init_iou} is below iou_floor={self.iou_floor}")
+
+
+def nan_mean(values: Tensor) -> Tensor:
+    """Mean of the non-NaN entries in float64 (0-dim), NaN if there are none; no host sync."""
+    valid = ~torch.isnan(values)
+    count = valid.sum()
+    total = torch.where(valid, values, torch.zeros_like(values)).double().sum()
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def nan_median(values: Tensor) -> Tensor:
+    """Median of the non-NaN entries (mean of the two middle ones for an even count, as
+    numpy's), NaN if there are none; no host sync."""
+    valid = ~torch.isnan(values)
+    count = valid.sum()
+    ordered = torch.sort(values.double()).values  # NaN sorts last
+    lo = ((count - 1).clamp(min=0) // 2).reshape(1)
+    hi = (count // 2).clamp(max=values.numel() - 1).reshape(1)
+    median = 0.5 * (ordered.gather(0, lo) + ordered.gather(0, hi))
+    return torch.where(count > 0, median[0], torch.full_like(median[0], float("nan")))
+
+
+class DynamicState(nn.Module):
+    """T and beta of Dynamic R-CNN with their histories, as device buffers."""
+
+    def __init__(self, config: DynamicConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or DynamicConfig()
+        c = self.config
+        self.register_buffer("iou_thr", torch.tensor(c.init_iou, dtype=torch.float32))
+        self.register_buffer("beta", torch.tensor(c.init_beta, dtype=torch.float32))
+        nan = float("nan")
+        self.register_buffer("iou_hist", torch.full((c.interval,), nan, dtype=torch.float32))
+        self.register_buffer("err_hist", torch.full((c.interval,), nan, dtype=torch.float32))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+        self._records = 0  # host mirror of `count`: decides when to update without a sync
+
+    @property
+    def records(self) -> int:
+        """Number of record() calls so far (restored by load_state_dict)."""
+        return self._records
+
+    @torch.no_grad()
+    def record(self, kth_iou: Tensor, kth_err: Tensor) -> bool:
+        """Store one iteration's statistics; every `interval` calls, update T and beta.
+
+        kth_iou / kth_err: 0-dim (or [B] with per_image, averaged over the non-NaN images)
+        tensors, e.g. MatchResult.kth_iou / kth_err. NaN means "no statistic this iteration".
+        Returns True when this call updated T and beta.
+        """
+        iou = self._reduce(kth_iou)
+        err = self._reduce(kth_err)
+        slot = self._records % self.config.interval
+        self.iou_hist[slot] = iou
+        self.err_hist[slot] = err
+        self._records += 1
+        self.count.fill_(self._records)
+        if self._records % self.config.interval == 0:
+            self.update()
+            return True
+        return False
+
+    def _reduce(self, value: Tensor) -> Tensor:
+        value = value.detach().to(device=self.iou_hist.device, dtype=torch.float32)
+        if value.dim() == 0:
+            return value
+        return nan_mean(value.reshape(-1)).float()
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """T = max(mean(IoU history), iou_floor); beta = clamp(median(error history))."""
+        iou_hist, err_hist = self._gathered_histories()
+        c = self.config
+        if c.update_iou:
+            mean = nan_mean(iou_hist).float()
+            new_thr = torch.clamp(mean, min=c.iou_floor)
+            self.iou_thr.copy_(torch.where(torch.isnan(mean), self.iou_thr, new_thr))
+        if c.update_beta:
+            median = nan_median(err_hist).float()
+            new_beta = torch.clamp(median, min=c.beta_min, max=c.beta_max)
+            self.beta.copy_(torch.where(torch.isnan(median), self.beta, new_beta))
+
+    def _gathered_histories(self) -> tuple[Tensor, Tensor]:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.iou_hist, self.err_hist
+        local = torch.stack([self.iou_hist, self.err_hist])  # [2, C]
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local)
+        both = torch.stack(parts)  # [W, 2, C]
+        return both[:, 0].reshape(-1), both[:, 1].reshape(-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._records = int(self.count.item())  # one sync at load time, not per step
+
+    def summary(self) -> Dict[str, Any]:
+        """T, beta and the record count as Python numbers (synchronizes; for logging)."""
+        return {"iou_thr": float(self.iou_thr), "beta": float(self.beta),
+                "records": self._records}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())

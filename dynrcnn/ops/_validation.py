@@ -75,7 +75,9 @@ def check_splits(name: str, splits: object, total: int, total_name: str,
                  num_images: Optional[int]) -> Tensor:
     splits = check_tensor(name, splits)
     if splits.dim() != 1 or splits.numel() < 1:
-        raise ValueError(f"{name} must be a 1-D tensor of B+1 offsets, got shape {list(splits.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-D tensor of B+1 offsets, got shape {list(splits.shape)}"
+        )
     if splits.dtype != torch.int64:
         raise TypeError(f"{name} must be int64, got {splits.dtype}")
     if num_images is not None and splits.numel() != num_images + 1:

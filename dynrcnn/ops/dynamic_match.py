@@ -56,12 +56,11 @@ def dynamic_match(
         raise TypeError(
             f"proposals are {proposals.dtype} but gt_boxes are {gt_boxes.dtype}: use one dtype"
         )
-    check_same_device(proposals=proposals, gt_boxes=gt_boxes,
-                      proposal_splits=proposal_splits if isinstance(proposal_splits, Tensor) else None,
-                      gt_splits=gt_splits if isinstance(gt_splits, Tensor) else None)
     check_splits("proposal_splits", proposal_splits, proposals.shape[0], "proposals.shape[0]", None)
     check_splits("gt_splits", gt_splits, gt_boxes.shape[0], "gt_boxes.shape[0]",
                  proposal_splits.numel() - 1)
+    check_same_device(proposals=proposals, gt_boxes=gt_boxes,
+                      proposal_splits=proposal_splits, gt_splits=gt_splits)
     thr = as_scalar_tensor("iou_thr", iou_thr, proposals)
     check_positive_int("k_iou", k_iou)
     check_positive_int("k_err", k_err)

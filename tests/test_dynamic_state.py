@@ -136,7 +136,8 @@ def test_state_dict_round_trip_mid_interval_continues_identically():
         assert torch.equal(a.iou_thr, b.iou_thr) and torch.equal(a.beta, b.beta)
     b_state = b.state_dict()
     for key, value in a.state_dict().items():
-        assert torch.equal(torch.nan_to_num(value, nan=-7.0), torch.nan_to_num(b_state[key], nan=-7.0))
+        want, got = torch.nan_to_num(value, nan=-7.0), torch.nan_to_num(b_state[key], nan=-7.0)
+        assert torch.equal(want, got)
 
 
 def test_record_returns_whether_it_updated():

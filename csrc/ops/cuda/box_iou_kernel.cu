@@ -16,9 +16,11 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "../box_math.h"
+#include "ops/box_math.h"
+#include "ops/checks.h"
 
 namespace dynrcnn {
+namespace ops {
 namespace {
 
 constexpr int kThreads = 256;
@@ -54,17 +56,12 @@ __global__ void box_iou_kernel(const scalar_t* __restrict__ boxes1,
 }
 
 at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  TORCH_CHECK(boxes1.is_cuda(), "box_iou: boxes1 must be a CUDA tensor, got ", boxes1.device());
+  check_boxes_arg("box_iou", "boxes1", boxes1, at::kCUDA);
+  check_boxes_arg("box_iou", "boxes2", boxes2, at::kCUDA);
   TORCH_CHECK(boxes2.device() == boxes1.device(), "box_iou: boxes2 is on ", boxes2.device(),
               " but boxes1 is on ", boxes1.device());
-  TORCH_CHECK(boxes1.dim() == 2 && boxes1.size(1) == 4,
-              "box_iou: boxes1 must have shape [N, 4], got ", boxes1.sizes());
-  TORCH_CHECK(boxes2.dim() == 2 && boxes2.size(1) == 4,
-              "box_iou: boxes2 must have shape [M, 4], got ", boxes2.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes1.scalar_type()),
-              "box_iou: boxes1 must be a floating tensor, got ", boxes1.scalar_type());
-  TORCH_CHECK(boxes2.scalar_type() == boxes1.scalar_type(), "box_iou: boxes2 is ",
-              boxes2.scalar_type(), " but boxes1 is ", boxes1.scalar_type(), ": use one dtype");
+  TORCH_CHECK(boxes1.scalar_type() == boxes2.scalar_type(), "box_iou: boxes1 is ",
+              boxes1.scalar_type(), " but boxes2 is ", boxes2.scalar_type());
 
   at::cuda::CUDAGuard device_guard(boxes1.device());
   const int64_t n = boxes1.size(0);
@@ -94,8 +91,10 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
 }
 
 }  // namespace
-}  // namespace dynrcnn
 
 TORCH_LIBRARY_IMPL(dynrcnn, CUDA, m) {
-  m.impl("box_iou", &dynrcnn::box_iou_cuda);
+  m.impl("box_iou", &box_iou_cuda);
 }
+
+}  // namespace ops
+}  // namespace dynrcnn

@@ -29,10 +29,13 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <vector>
 
-#include "../box_math.h"
+#include "ops/box_math.h"
+#include "ops/checks.h"
 
 namespace dynrcnn {
+namespace ops {
 namespace {
 
 constexpr int kThreads = 256;
@@ -344,47 +347,33 @@ int scalar_code(const at::Tensor& t) {
   }
 }
 
-void check_splits(const at::Tensor& splits, const char* name, const at::Tensor& proposals) {
-  TORCH_CHECK(splits.device() == proposals.device(), "dynamic_match: ", name, " is on ",
-              splits.device(), " but proposals are on ", proposals.device());
-  TORCH_CHECK(splits.dim() == 1 && splits.numel() >= 1, "dynamic_match: ", name,
-              " must be a 1-D tensor of B+1 offsets, got shape ", splits.sizes());
-  TORCH_CHECK(splits.scalar_type() == at::ScalarType::Long, "dynamic_match: ", name,
-              " must be int64, got ", splits.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_match_cuda(
     const at::Tensor& proposals, const at::Tensor& gt_boxes, const at::Tensor& proposal_splits,
     const at::Tensor& gt_splits, const at::Tensor& iou_thr, int64_t k_iou, int64_t k_err,
     at::ArrayRef<double> weights, bool per_image) {
-  TORCH_CHECK(proposals.is_cuda(), "dynamic_match: proposals must be a CUDA tensor, got ",
-              proposals.device());
-  TORCH_CHECK(proposals.dim() == 2 && proposals.size(1) == 4,
-              "dynamic_match: proposals must have shape [N, 4], got ", proposals.sizes());
-  TORCH_CHECK(gt_boxes.dim() == 2 && gt_boxes.size(1) == 4,
-              "dynamic_match: gt_boxes must have shape [G, 4], got ", gt_boxes.sizes());
-  TORCH_CHECK(gt_boxes.device() == proposals.device(), "dynamic_match: gt_boxes are on ",
-              gt_boxes.device(), " but proposals are on ", proposals.device());
-  TORCH_CHECK(at::isFloatingType(proposals.scalar_type()),
-              "dynamic_match: proposals must be a floating tensor, got ",
-              proposals.scalar_type());
-  TORCH_CHECK(gt_boxes.scalar_type() == proposals.scalar_type(), "dynamic_match: gt_boxes are ",
-              gt_boxes.scalar_type(), " but proposals are ", proposals.scalar_type(),
-              ": use one dtype");
-  check_splits(proposal_splits, "proposal_splits", proposals);
-  check_splits(gt_splits, "gt_splits", proposals);
-  TORCH_CHECK(gt_splits.numel() == proposal_splits.numel(), "dynamic_match: gt_splits has ",
-              gt_splits.numel(), " offsets but proposal_splits has ", proposal_splits.numel(),
-              ": both must describe the same B images");
-  TORCH_CHECK(iou_thr.device() == proposals.device(), "dynamic_match: iou_thr is on ",
-              iou_thr.device(), " but proposals are on ", proposals.device());
-  TORCH_CHECK(iou_thr.numel() == 1, "dynamic_match: iou_thr must be a 0-dim tensor, got shape ",
-              iou_thr.sizes());
-  TORCH_CHECK(at::isFloatingType(iou_thr.scalar_type()),
-              "dynamic_match: iou_thr must be a floating tensor, got ", iou_thr.scalar_type());
+  constexpr auto kCUDA = at::kCUDA;
+  check_boxes_arg("dynamic_match", "proposals", proposals, kCUDA);
+  check_boxes_arg("dynamic_match", "gt_boxes", gt_boxes, kCUDA);
+  TORCH_CHECK(proposals.scalar_type() == gt_boxes.scalar_type(), "dynamic_match: proposals are ",
+              proposals.scalar_type(), " but gt_boxes are ", gt_boxes.scalar_type());
+  check_splits_arg("dynamic_match", "proposal_splits", proposal_splits, kCUDA);
+  check_splits_arg("dynamic_match", "gt_splits", gt_splits, kCUDA);
+  TORCH_CHECK(proposal_splits.numel() == gt_splits.numel(),
+              "dynamic_match: proposal_splits has ", proposal_splits.numel(),
+              " offsets but gt_splits has ", gt_splits.numel(), " (both must be B+1)");
+  check_scalar_arg("dynamic_match", "iou_thr", iou_thr, kCUDA);
+  // The checks above only ask for some CUDA device: all arguments must share one.
+  const auto check_same_device = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(t.device() == proposals.device(), "dynamic_match: ", name, " is on ", t.device(),
+                " but proposals are on ", proposals.device());
+  };
+  check_same_device("gt_boxes", gt_boxes);
+  check_same_device("proposal_splits", proposal_splits);
+  check_same_device("gt_splits", gt_splits);
+  check_same_device("iou_thr", iou_thr);
   TORCH_CHECK(k_iou >= 1, "dynamic_match: k_iou must be >= 1, got ", k_iou);
   TORCH_CHECK(k_err >= 1, "dynamic_match: k_err must be >= 1, got ", k_err);
-  TORCH_CHECK(weights.size() == 4, "dynamic_match: weights must be 4 numbers (wx, wy, ww, wh), got ",
+  TORCH_CHECK(weights.size() == 4, "dynamic_match: weights must have 4 values, got ",
               weights.size());
   // The radix select counts in 32 bits.
   TORCH_CHECK(proposals.size(0) <= std::numeric_limits<int32_t>::max(),
@@ -446,8 +435,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_m
 }
 
 }  // namespace
-}  // namespace dynrcnn
 
 TORCH_LIBRARY_IMPL(dynrcnn, CUDA, m) {
-  m.impl("dynamic_match", &dynrcnn::dynamic_match_cuda);
+  m.impl("dynamic_match", &dynamic_match_cuda);
 }
+
+}  // namespace ops
+}  // namespace dynrcnn

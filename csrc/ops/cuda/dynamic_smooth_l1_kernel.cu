@@ -23,9 +23,11 @@
 #include <limits>
 #include <optional>
 
-#include "../box_math.h"
+#include "ops/box_math.h"
+#include "ops/checks.h"
 
 namespace dynrcnn {
+namespace ops {
 namespace {
 
 constexpr int kThreads = 256;
@@ -174,38 +176,6 @@ __global__ void __launch_bounds__(kThreads) smooth_l1_backward_kernel(
   }
 }
 
-// Shared argument checks of forward and backward (`op` names the op in the messages).
-void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& target,
-                  const at::Tensor& beta, const std::optional<at::Tensor>& weight,
-                  int64_t reduction) {
-  TORCH_CHECK(input.is_cuda(), op, ": input must be a CUDA tensor, got ", input.device());
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
-              ": input must be a floating tensor, got ", input.scalar_type());
-  TORCH_CHECK(target.device() == input.device(), op, ": target is on ", target.device(),
-              " but input is on ", input.device());
-  TORCH_CHECK(target.scalar_type() == input.scalar_type(), op, ": target is ",
-              target.scalar_type(), " but input is ", input.scalar_type(), ": use one dtype");
-  TORCH_CHECK(target.sizes() == input.sizes(), op, ": target has shape ", target.sizes(),
-              " but input has ", input.sizes());
-  TORCH_CHECK(beta.device() == input.device(), op, ": beta is on ", beta.device(),
-              " but input is on ", input.device(),
-              ": keep it on the op's device (moving it every call would synchronize)");
-  TORCH_CHECK(beta.numel() == 1, op, ": beta must be a 0-dim tensor, got shape ", beta.sizes());
-  TORCH_CHECK(at::isFloatingType(beta.scalar_type()), op, ": beta must be a floating tensor, got ",
-              beta.scalar_type());
-  if (weight.has_value()) {
-    const at::Tensor& w = *weight;
-    TORCH_CHECK(w.device() == input.device(), op, ": weight is on ", w.device(),
-                " but input is on ", input.device());
-    TORCH_CHECK(w.scalar_type() == input.scalar_type(), op, ": weight is ", w.scalar_type(),
-                " but input is ", input.scalar_type(), ": use one dtype");
-    TORCH_CHECK(w.sizes() == input.sizes(), op, ": weight must have the input's shape ",
-                input.sizes(), ", got ", w.sizes());
-  }
-  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum, op,
-              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-}
-
 int64_t elementwise_blocks(int64_t numel) {
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return std::min<int64_t>((numel + kThreads - 1) / kThreads, sms * kBlocksPerSM);
@@ -214,7 +184,7 @@ int64_t elementwise_blocks(int64_t numel) {
 at::Tensor dynamic_smooth_l1_cuda(const at::Tensor& input, const at::Tensor& target,
                                   const at::Tensor& beta, const std::optional<at::Tensor>& weight,
                                   int64_t reduction) {
-  check_inputs("dynamic_smooth_l1", input, target, beta, weight, reduction);
+  check_loss_args("dynamic_smooth_l1", input, target, beta, weight, reduction, at::kCUDA);
   at::cuda::CUDAGuard device_guard(input.device());
   const int64_t numel = input.numel();
 
@@ -229,7 +199,7 @@ at::Tensor dynamic_smooth_l1_cuda(const at::Tensor& input, const at::Tensor& tar
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
   at::Tensor w;
-  if (weight.has_value()) w = weight->contiguous();
+  if (weight.has_value() && weight->defined()) w = weight->contiguous();
   const int code = scalar_code(beta);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
@@ -276,13 +246,11 @@ at::Tensor dynamic_smooth_l1_backward_cuda(const at::Tensor& grad_output, const 
                                            const at::Tensor& target, const at::Tensor& beta,
                                            const std::optional<at::Tensor>& weight,
                                            int64_t reduction) {
-  check_inputs("dynamic_smooth_l1_backward", input, target, beta, weight, reduction);
+  check_loss_args("dynamic_smooth_l1_backward", input, target, beta, weight, reduction,
+                  at::kCUDA);
   TORCH_CHECK(grad_output.device() == input.device(),
               "dynamic_smooth_l1_backward: grad_output is on ", grad_output.device(),
               " but input is on ", input.device());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(),
-              "dynamic_smooth_l1_backward: grad_output is ", grad_output.scalar_type(),
-              " but input is ", input.scalar_type());
   if (reduction == kNone) {
     TORCH_CHECK(grad_output.sizes() == input.sizes(),
                 "dynamic_smooth_l1_backward: with reduction 'none' grad_output must have the "
@@ -299,11 +267,12 @@ at::Tensor dynamic_smooth_l1_backward_cuda(const at::Tensor& grad_output, const 
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
   if (numel == 0) return grad_input;
 
-  const at::Tensor go = grad_output.contiguous();
+  // Autograd hands over the output dtype (= input dtype); anything else is converted.
+  const at::Tensor go = grad_output.to(input.scalar_type()).contiguous();
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
   at::Tensor w;
-  if (weight.has_value()) w = weight->contiguous();
+  if (weight.has_value() && weight->defined()) w = weight->contiguous();
   const int code = scalar_code(beta);
   const int64_t blocks = elementwise_blocks(numel);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -323,9 +292,11 @@ at::Tensor dynamic_smooth_l1_backward_cuda(const at::Tensor& grad_output, const 
 }
 
 }  // namespace
-}  // namespace dynrcnn
 
 TORCH_LIBRARY_IMPL(dynrcnn, CUDA, m) {
-  m.impl("dynamic_smooth_l1", &dynrcnn::dynamic_smooth_l1_cuda);
-  m.impl("dynamic_smooth_l1_backward", &dynrcnn::dynamic_smooth_l1_backward_cuda);
+  m.impl("dynamic_smooth_l1", &dynamic_smooth_l1_cuda);
+  m.impl("dynamic_smooth_l1_backward", &dynamic_smooth_l1_backward_cuda);
 }
+
+}  // namespace ops
+}  // namespace dynrcnn

@@ -104,9 +104,10 @@ void match_proposals(const scalar_t* proposals, const scalar_t* gts,
       labels[i] = fg ? 1 : 0;
       float e = -1.f;
       if (fg) {
-        e = static_cast<float>(regression_error<acc_t>(px1, py1, px2, py2, gx1[gj], gy1[gj],
-                                                       gx2[gj], gy2[gj], wx, wy));
-        if (!std::isfinite(e)) e = -1.f;
+        const acc_t e_acc = regression_error<acc_t>(px1, py1, px2, py2, gx1[gj], gy1[gj],
+                                                    gx2[gj], gy2[gj], wx, wy);
+        // Finiteness is judged in acc_t, before the float32 cast (as the reference does).
+        if (std::isfinite(e_acc)) e = static_cast<float>(e_acc);
       }
       err[i] = e;  // -1 marks "not in the error population" (errors are >= 0)
     }

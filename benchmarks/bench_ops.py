@@ -169,20 +169,15 @@ def make_batch(num_images: int, num_gt: int, device: torch.device,
 
 @dataclass
 class FusedOps:
-    """The candidate side; `selftest` means the pure-torch references stand in for kernels."""
+    """The candidate side: the compiled ops behind dynrcnn.ops."""
 
     dynamic_match: Callable[..., dops.MatchResult]
     dynamic_smooth_l1: Callable[..., Tensor]
     box_iou: Callable[[Tensor, Tensor], Tensor]
-    selftest: bool = False
 
 
 def load_fused_ops(device: torch.device) -> FusedOps:
     """The compiled ops, or a clear error when they would silently fall back to Python."""
-    import os  # TEMP-SELFTEST
-    if os.environ.get("DYNRCNN_BENCH_SELFTEST") == "1":  # TEMP-SELFTEST
-        from dynrcnn.ops import _reference as r  # TEMP-SELFTEST
-        return FusedOps(r.dynamic_match, r.dynamic_smooth_l1, r.box_iou, True)  # TEMP-SELFTEST
     if not dops.extension_available():
         raise BenchmarkError(
             "the dynrcnn extension is not built (dynrcnn.ops.extension_available() is False); "
@@ -439,9 +434,8 @@ def environment(device: torch.device, command: str) -> dict[str, object]:
     }
 
 
-def markdown_report(env: dict[str, object], table: str, selftest: bool) -> str:
-    title = "# dynrcnn op benchmark" + (" (SELFTEST: fused = pure-torch reference)"
-                                        if selftest else "")
+def markdown_report(env: dict[str, object], table: str) -> str:
+    title = f"# dynrcnn op benchmark ({env['device']})"
     meta = "\n".join(f"- {k}: `{v}`" for k, v in env.items())
     method = ("Medians of interleaved repetitions (order alternating each round) after a "
               "warm-up; speedup = reference median / fused median. Fused match includes "
@@ -473,9 +467,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
     p.add_argument("--reps", type=positive_int, default=None,
                    help="timed repetitions per side (small cases x4, the 16M loss x0.2); "
-                        "default 20 on cpu, 100 on cuda")
+                        "default 30 on cpu, 100 on cuda")
     p.add_argument("--warmup", type=positive_int, default=None,
                    help="untimed rounds first (default 3; 1 with --quick)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch.set_num_threads for the CPU run (default: torch's default)")
     p.add_argument("--json", type=Path, default=None,
                    help="default benchmarks/results/ops_<device>.json")
     p.add_argument("--markdown", type=Path, default=None,
@@ -487,7 +483,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def resolve_defaults(args: argparse.Namespace) -> None:
     if args.reps is None:
-        args.reps = 2 if args.quick else (100 if args.device == "cuda" else 20)
+        args.reps = 2 if args.quick else (100 if args.device == "cuda" else 30)
     if args.warmup is None:
         args.warmup = 1 if args.quick else 3
     stem = f"ops_{args.device}" + ("_quick" if args.quick else "")
@@ -511,6 +507,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     try:
         ops = load_fused_ops(device)
@@ -524,7 +522,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     env = environment(device, command)
     table = markdown_table(results, device)
     summary = summary_line(results)
-    write_outputs(args, env, results, markdown_report(env, table, ops.selftest), summary)
+    write_outputs(args, env, results, markdown_report(env, table), summary)
     print(table)
     print(f"\nwrote {args.markdown} and {args.json}")
     print(summary)

@@ -63,8 +63,10 @@ def make_proposals(gt: Tensor, n: int, gen: torch.Generator, image_size=IMAGE_SI
     if n_fg > 0:
         idx = torch.randint(gt.shape[0], (n_fg,), generator=gen)
         scale = torch.rand(n_fg, generator=gen, dtype=torch.float64) * 0.35
-        scale[torch.rand(n_fg, generator=gen) < 0.1] = 0.0  # exact copies: IoU 1
-        parts.append(jitter(gt[idx], gen, scale))
+        copy = torch.rand(n_fg, generator=gen) < 0.1
+        jittered = jitter(gt[idx], gen, scale)
+        jittered[copy] = gt[idx][copy]  # exact copies: IoU 1
+        parts.append(jittered)
     parts.append(random_boxes(n - n_fg, gen, image_size, min_size=1.0))
     props = torch.cat(parts)
     return props[torch.randperm(n, generator=gen)]

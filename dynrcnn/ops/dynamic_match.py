@@ -16,6 +16,7 @@ from dynrcnn.ops._validation import (
     check_positive_int,
     check_same_device,
     check_splits,
+    check_tensor,
     check_weights,
 )
 
@@ -56,11 +57,13 @@ def dynamic_match(
         raise TypeError(
             f"proposals are {proposals.dtype} but gt_boxes are {gt_boxes.dtype}: use one dtype"
         )
+    check_tensor("proposal_splits", proposal_splits)
+    check_tensor("gt_splits", gt_splits)
+    check_same_device(proposals=proposals, gt_boxes=gt_boxes,
+                      proposal_splits=proposal_splits, gt_splits=gt_splits)
     check_splits("proposal_splits", proposal_splits, proposals.shape[0], "proposals.shape[0]", None)
     check_splits("gt_splits", gt_splits, gt_boxes.shape[0], "gt_boxes.shape[0]",
                  proposal_splits.numel() - 1)
-    check_same_device(proposals=proposals, gt_boxes=gt_boxes,
-                      proposal_splits=proposal_splits, gt_splits=gt_splits)
     thr = as_scalar_tensor("iou_thr", iou_thr, proposals)
     check_positive_int("k_iou", k_iou)
     check_positive_int("k_err", k_err)

@@ -1,0 +1,181 @@
+"""Backbones with FPN for the detectors: ResNet-18/50/101 (the paper uses R-50) and a tiny CNN.
+
+Every backbone is a torchvision `BackboneWithFPN` with outputs '0', '1', '2', '3', 'pool'
+(strides 4 to 64), so torchvision's default anchor generator and MultiScaleRoIAlign fit all of
+them and the detectors differ only in their RoI heads.
+
+Weights are never downloaded. `weights` is the path of a LOCAL file (torch.load with
+weights_only=True) holding either a classification checkpoint of the trunk (torchvision's
+ImageNet ResNet files: conv1.*, layer1.*, ..., fc.*) or a backbone checkpoint (body.*, fpn.*).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.ops import misc as misc_nn_ops
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone, and head sizes that suit it.
+
+    representation_size: width of the box head's two FC layers (torchvision's 1024 for the
+        ResNets; smaller for the tiny backbone, whose FPN has few channels, so that a CPU
+        train step stays fast).
+    mask_layers, mask_dim_reduced: channels of the mask head's convs and of its deconv
+        (torchvision's (256,)*4 and 256 for the ResNets).
+    """
+
+    name: str
+    build: Callable[[Optional[PathLike], Optional[int], bool], BackboneWithFPN]
+    representation_size: int = 1024
+    mask_layers: Tuple[int, ...] = (256, 256, 256, 256)
+    mask_dim_reduced: int = 256
+
+
+def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
+    """A state_dict from a local file; unwraps {'model': ...} / {'state_dict': ...} checkpoints."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"weights file {str(path)!r} does not exist (nothing is downloaded)")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state_dict (a mapping of name -> tensor)")
+    return dict(obj)
+
+
+def _is_backbone_checkpoint(state: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith(("body.", "fpn.")) for k in state)
+
+
+def _load_backbone_file(trunk: nn.Module, path: PathLike) -> Optional[Dict[str, Tensor]]:
+    """Load a classification checkpoint into `trunk` now; return a backbone checkpoint (body.*,
+    fpn.*) for the caller to load after the FPN exists, else None."""
+    state = read_state_dict(path)
+    if _is_backbone_checkpoint(state):
+        return state
+    trunk.load_state_dict(state)
+    return None
+
+
+def _trainable_layers(is_trained: bool, requested: Optional[int]) -> int:
+    """torchvision's rule: train everything from scratch; from pretrained weights freeze the
+    stem and layer1 by default (3 trainable stages)."""
+    if not is_trained:
+        if requested not in (None, 5):
+            warnings.warn(
+                f"trainable_backbone_layers={requested} has no effect without weights: a "
+                "randomly initialised backbone is trained entirely", stacklevel=4)
+        return 5
+    value = 3 if requested is None else requested
+    if not 0 <= value <= 5:
+        raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {value}")
+    return value
+
+
+def _resnet_fpn(depth: str) -> Callable[[Optional[PathLike], Optional[int], bool],
+                                         BackboneWithFPN]:
+    def build(weights: Optional[PathLike], trainable_layers: Optional[int],
+              is_trained: bool) -> BackboneWithFPN:
+        # As torchvision's fasterrcnn_resnet50_fpn: frozen BN for pretrained trunks, plain BN
+        # (trained) from scratch.
+        norm = misc_nn_ops.FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+        trunk = resnet.__dict__[depth](weights=None, norm_layer=norm)
+        late = _load_backbone_file(trunk, weights) if weights is not None else None
+        backbone = _resnet_fpn_extractor(trunk, _trainable_layers(is_trained, trainable_layers))
+        if late is not None:
+            backbone.load_state_dict(late)
+        return backbone
+
+    return build
+
+
+class TinyTrunk(nn.Sequential):
+    """Five strided 3x3 conv blocks (strides 2, 4, 8, 16, 32), 16 to 128 channels.
+
+    Not a paper backbone: it exists so that the whole pipeline (RPN, RoI heads, masks)
+    trains and runs in well under a second per 320-px image on a laptop CPU, for demos and
+    tests. Its FPN has 32 channels (the RoI features, hence RoIAlign's cost, scale with it).
+    The children are named like a ResNet's so `BackboneWithFPN` can pick them.
+    """
+
+    channels: Tuple[int, int, int, int] = (32, 64, 96, 128)
+    fpn_channels: int = 32
+
+    def __init__(self) -> None:
+        def block(cin: int, cout: int, stride: int) -> nn.Module:
+            return misc_nn_ops.Conv2dNormActivation(cin, cout, 3, stride,
+                                                    norm_layer=nn.BatchNorm2d)
+
+        c1, c2, c3, c4 = self.channels
+        super().__init__(OrderedDict([
+            ("stem", block(3, 16, 2)),
+            ("layer1", nn.Sequential(block(16, c1, 2), block(c1, c1, 1))),
+            ("layer2", nn.Sequential(block(c1, c2, 2), block(c2, c2, 1))),
+            ("layer3", block(c2, c3, 2)),
+            ("layer4", block(c3, c4, 2)),
+        ]))
+
+
+def _tiny_fpn(weights: Optional[PathLike], trainable_layers: Optional[int],
+              is_trained: bool) -> BackboneWithFPN:
+    """The tiny trunk always trains entirely with plain BatchNorm (it has no pretrained
+    weights to protect), whatever `is_trained` says."""
+    if trainable_layers not in (None, 5):
+        raise ValueError("tiny_fpn is always trained entirely: drop trainable_backbone_layers")
+    trunk = TinyTrunk()
+    late = _load_backbone_file(trunk, weights) if weights is not None else None
+    backbone = BackboneWithFPN(
+        trunk,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=list(TinyTrunk.channels),
+        out_channels=TinyTrunk.fpn_channels,
+    )
+    if late is not None:
+        backbone.load_state_dict(late)
+    return backbone
+
+
+BACKBONE_SPECS: Dict[str, BackboneSpec] = {
+    "resnet50_fpn": BackboneSpec("resnet50_fpn", _resnet_fpn("resnet50")),
+    "resnet101_fpn": BackboneSpec("resnet101_fpn", _resnet_fpn("resnet101")),
+    "resnet18_fpn": BackboneSpec("resnet18_fpn", _resnet_fpn("resnet18")),
+    "tiny_fpn": BackboneSpec("tiny_fpn", _tiny_fpn, representation_size=256,
+                             mask_layers=(32, 32), mask_dim_reduced=32),
+}
+BACKBONES: Tuple[str, ...] = tuple(BACKBONE_SPECS)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a backbone by name, with an error listing the known names."""
+    if name not in BACKBONE_SPECS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    return BACKBONE_SPECS[name]
+
+
+def build_backbone(name: str, weights: Optional[PathLike] = None,
+                   trainable_layers: Optional[int] = None,
+                   pretrained: Optional[bool] = None) -> BackboneWithFPN:
+    """Build backbone `name` (see BACKBONES), optionally from a local weights file.
+
+    pretrained (default: whether `weights` is given; a builder loading a whole detector
+    checkpoint sets it too): ResNets then use FrozenBatchNorm2d and train their last
+    `trainable_layers` (default 3) stages, as torchvision's detection builders do; otherwise
+    every layer trains with plain BatchNorm.
+    """
+    is_trained = weights is not None if pretrained is None else bool(pretrained)
+    return backbone_spec(name).build(weights, trainable_layers, is_trained)

@@ -1,0 +1,254 @@
+"""Dynamic R-CNN's second stage: torchvision's RoIHeads with Dynamic Label Assignment (DLA)
+and Dynamic SmoothL1 (DSL).
+
+Only training differs from Faster R-CNN, so only the training path is overridden:
+
+- `select_training_samples` (same signature and outputs as torchvision's) matches the RPN
+  proposals of the whole batch in ONE `dynamic_match` call with the current threshold T
+  (a device tensor), records the DLA/DSL statistics into the `DynamicState` submodule, and
+  only then appends the ground-truth boxes as positives. The statistics thus describe the
+  proposals the RPN produced, as the paper defines them; the copies get their label and a zero
+  regression target directly (IoU 1 with themselves) instead of going through the matcher.
+  Background is IoU < T, foreground IoU >= T: no ignore band (the paper's bg = fg = T).
+- The box loss is `dynamic_smooth_l1` with the current beta, summed over the sampled
+  positives and divided by the number of sampled RoIs, like torchvision's `fastrcnn_loss`.
+
+Inference is `RoIHeads.forward` unchanged, so a Dynamic R-CNN costs exactly what a Faster
+R-CNN does at test time and both give identical detections with identical weights.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
+
+from dynrcnn.dynamic import DynamicConfig, DynamicState
+from dynrcnn.modeling._utils import check_target_types
+from dynrcnn.ops import MatchResult, dynamic_match, dynamic_smooth_l1, splits_from_counts
+
+Targets = List[Dict[str, Tensor]]
+
+
+def dynamic_fastrcnn_loss(
+    class_logits: Tensor,
+    box_regression: Tensor,
+    labels: List[Tensor],
+    regression_targets: List[Tensor],
+    beta: Tensor,
+) -> Tuple[Tensor, Tensor]:
+    """torchvision's fastrcnn_loss with SmoothL1's beta a device tensor (Dynamic SmoothL1).
+
+    Classification: cross entropy over the sampled RoIs. Box: SmoothL1(beta) of the deltas
+    of each positive's own class (class-specific regression; a predictor with 4 outputs is
+    treated as class-agnostic), summed and divided by the number of sampled RoIs.
+
+    Instead of compacting the positives with torch.where (a host sync), every RoI's deltas
+    are gathered and the negatives get weight 0, so this path never waits for the device.
+    `regression_targets` must therefore be finite for negatives too
+    (DynamicRoIHeads.select_training_samples sets them to 0).
+    """
+    labels_all = torch.cat(labels, dim=0)
+    targets = torch.cat(regression_targets, dim=0)
+    classification_loss = F.cross_entropy(class_logits, labels_all)
+
+    n = class_logits.shape[0]
+    deltas = box_regression.reshape(n, -1, 4)
+    cls_index = labels_all if deltas.shape[1] > 1 else torch.zeros_like(labels_all)
+    pred = deltas.gather(1, cls_index.view(n, 1, 1).expand(n, 1, 4)).reshape(n, 4)
+    weight = (labels_all > 0).to(pred.dtype).unsqueeze(1).expand(n, 4).contiguous()
+    box_loss = dynamic_smooth_l1(pred, targets.to(pred.dtype), beta, weight=weight,
+                                 reduction="sum")
+    return classification_loss, box_loss / labels_all.numel()
+
+
+class DynamicRoIHeads(RoIHeads):
+    """RoI heads of Dynamic R-CNN (and, with a mask branch, of Dynamic Mask R-CNN).
+
+    The arguments are torchvision RoIHeads' minus the fixed IoU thresholds (T comes from
+    `dynamic_state`) and the keypoint branch. `dynamic_state` is a submodule, so T, beta and
+    their histories follow `.to(device)` and are saved in the model's state_dict.
+    Statistics are recorded on every training-mode forward (also under torch.no_grad()).
+    """
+
+    def __init__(
+        self,
+        box_roi_pool: nn.Module,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        bbox_reg_weights: Optional[Tuple[float, float, float, float]] = None,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        mask_roi_pool: Optional[nn.Module] = None,
+        mask_head: Optional[nn.Module] = None,
+        mask_predictor: Optional[nn.Module] = None,
+        dynamic: Optional[DynamicConfig] = None,
+    ) -> None:
+        config = dynamic if dynamic is not None else DynamicConfig()
+        # torchvision's Matcher is built with T's initial value but never used here.
+        super().__init__(
+            box_roi_pool, box_head, box_predictor,
+            config.init_iou, config.init_iou, batch_size_per_image, positive_fraction,
+            bbox_reg_weights, score_thresh, nms_thresh, detections_per_img,
+            mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
+        )
+        self.dynamic_state = DynamicState(config)
+
+    @classmethod
+    def from_roi_heads(cls, heads: RoIHeads,
+                       dynamic: Optional[DynamicConfig] = None) -> DynamicRoIHeads:
+        """The dynamic version of torchvision RoIHeads `heads`, sharing its modules and
+        settings (sampler, box coder, score/NMS thresholds, mask branch)."""
+        if heads.has_keypoint():
+            raise NotImplementedError("DynamicRoIHeads has no keypoint branch")
+        sampler = heads.fg_bg_sampler
+        return cls(
+            heads.box_roi_pool, heads.box_head, heads.box_predictor,
+            batch_size_per_image=sampler.batch_size_per_image,
+            positive_fraction=sampler.positive_fraction,
+            bbox_reg_weights=heads.box_coder.weights,
+            score_thresh=heads.score_thresh,
+            nms_thresh=heads.nms_thresh,
+            detections_per_img=heads.detections_per_img,
+            mask_roi_pool=heads.mask_roi_pool,
+            mask_head=heads.mask_head,
+            mask_predictor=heads.mask_predictor,
+            dynamic=dynamic,
+        )
+
+    def match_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor]) -> MatchResult:
+        """Match all images' proposals in one fused call at the current T and record the
+        k-th largest IoU / k-th smallest regression error (KI, Kbeta per image, times the
+        number of images unless per_image)."""
+        config = self.dynamic_state.config
+        device = proposals[0].device
+        scale = 1 if config.per_image else len(proposals)
+        result = dynamic_match(
+            torch.cat(proposals),
+            torch.cat(gt_boxes),
+            splits_from_counts([p.shape[0] for p in proposals], device),
+            splits_from_counts([g.shape[0] for g in gt_boxes], device),
+            self.dynamic_state.iou_thr,
+            k_iou=config.k_iou * scale,
+            k_err=config.k_err * scale,
+            weights=self.box_coder.weights,
+            per_image=config.per_image,
+        )
+        self.dynamic_state.record(result.kth_iou, result.kth_err)
+        return result
+
+    def select_training_samples(
+        self,
+        proposals: List[Tensor],
+        targets: Optional[Targets],
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+        """Label, sample and encode the RoIs of one batch; torchvision's contract.
+
+        Returns per image: the sampled RoIs, the index of each one's ground truth WITHIN its
+        image (0 for background RoIs, as torchvision), its class label (0 = background) and
+        its regression target (0 for negatives and for ground-truth copies).
+        """
+        self.check_targets(targets)
+        if targets is None:  # for type checkers; check_targets raised already
+            raise ValueError("targets should not be None")
+        dtype, device = proposals[0].dtype, proposals[0].device
+        gt_boxes = [t["boxes"].to(dtype) for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        num_props = [p.shape[0] for p in proposals]
+
+        match = self.match_proposals(proposals, gt_boxes)
+
+        # Class of each proposal: its ground truth's label where IoU >= T, else 0. Images
+        # without ground truth have matched index -1, which reads the trailing 0.
+        label_table = torch.cat(gt_labels + [torch.zeros(1, dtype=torch.int64, device=device)])
+        prop_labels = (label_table[match.matched_idxs] * match.labels).split(num_props)
+        prop_matched = match.matched_idxs.split(num_props)
+
+        boxes, labels, matched, is_copy = [], [], [], []
+        offset = 0
+        for b, (props, gts) in enumerate(zip(proposals, gt_boxes)):
+            n, g = props.shape[0], gts.shape[0]
+            boxes.append(torch.cat([props, gts]))
+            labels.append(torch.cat([prop_labels[b], gt_labels[b].to(torch.int64)]))
+            # torchvision's convention: a background RoI's matched index is 0
+            local = torch.where(prop_labels[b] > 0, prop_matched[b] - offset, 0)
+            matched.append(torch.cat([local, torch.arange(g, device=device)]))
+            is_copy.append(torch.cat([torch.zeros(n, dtype=torch.bool, device=device),
+                                      torch.ones(g, dtype=torch.bool, device=device)]))
+            offset += g
+
+        sampled = self.subsample(labels)
+        rois, matched_gt = [], []
+        for b, inds in enumerate(sampled):
+            rois.append(boxes[b][inds])
+            labels[b] = labels[b][inds]
+            matched[b] = matched[b][inds]
+            is_copy[b] = is_copy[b][inds]
+            gts = gt_boxes[b] if gt_boxes[b].shape[0] > 0 else rois[b].new_zeros((1, 4))
+            matched_gt.append(gts[matched[b]])
+
+        encoded = self.box_coder.encode(matched_gt, rois)
+        regression_targets = [
+            torch.where(((lab > 0) & ~copy).unsqueeze(1), t, torch.zeros_like(t))
+            for t, lab, copy in zip(encoded, labels, is_copy)
+        ]
+        return rois, matched, labels, regression_targets
+
+    def forward(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Tensor],
+        image_shapes: List[Tuple[int, int]],
+        targets: Optional[Targets] = None,
+    ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
+        """Training: dynamic sampling and losses. Inference: torchvision's RoIHeads.forward."""
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        if self.has_keypoint():
+            raise NotImplementedError("DynamicRoIHeads has no keypoint branch")
+        check_target_types(targets)
+        # beta as it was before this iteration's record (which may update it), so that T
+        # and beta come from the same point of the schedule, as in mmdetection.
+        beta = self.dynamic_state.beta.clone()
+        rois, matched_idxs, labels, regression_targets = self.select_training_samples(
+            proposals, targets)
+
+        box_features = self.box_head(self.box_roi_pool(features, rois, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_classifier, loss_box_reg = dynamic_fastrcnn_loss(
+            class_logits, box_regression, labels, regression_targets, beta)
+        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        if self.has_mask():
+            losses["loss_mask"] = self._mask_loss(
+                features, rois, image_shapes, targets, labels, matched_idxs)
+        return [], losses
+
+    def _mask_loss(
+        self,
+        features: Dict[str, Tensor],
+        rois: List[Tensor],
+        image_shapes: List[Tuple[int, int]],
+        targets: Optional[Targets],
+        labels: List[Tensor],
+        matched_idxs: List[Tensor],
+    ) -> Tensor:
+        """torchvision's mask branch on the sampled positives; matched_idxs index each
+        image's own gt masks, as torchvision's maskrcnn_loss expects."""
+        if targets is None:
+            raise ValueError("targets should not be None")
+        mask_rois, pos_matched = [], []
+        for roi, lab, idx in zip(rois, labels, matched_idxs):
+            pos = torch.where(lab > 0)[0]
+            mask_rois.append(roi[pos])
+            pos_matched.append(idx[pos])
+        mask_features = self.mask_head(self.mask_roi_pool(features, mask_rois, image_shapes))
+        mask_logits = self.mask_predictor(mask_features)
+        gt_masks = [t["masks"] for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        return maskrcnn_loss(mask_logits, mask_rois, gt_masks, gt_labels, pos_matched)

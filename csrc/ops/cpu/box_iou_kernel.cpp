@@ -5,8 +5,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "ops/box_math.h"
+#include <vector>
+
 #include "ops/checks.h"
+#include "ops/cpu/iou_row.h"
 
 namespace dynrcnn {
 namespace ops {
@@ -37,10 +39,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
     at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t ax1 = pa[4 * i], ay1 = pa[4 * i + 1], ax2 = pa[4 * i + 2], ay2 = pa[4 * i + 3];
-        scalar_t* row = po + i * m;
-        for (int64_t j = 0; j < m; ++j)
-          row[j] = static_cast<scalar_t>(
-              iou_xyxy<acc_t>(ax1, ay1, ax2, ay2, bx1[j], by1[j], bx2[j], by2[j]));
+        iou_row<acc_t, scalar_t>(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2, m, po + i * m);
       }
     });
   });

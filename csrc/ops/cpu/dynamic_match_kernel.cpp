@@ -16,6 +16,7 @@
 
 #include "ops/box_math.h"
 #include "ops/checks.h"
+#include "ops/cpu/iou_row.h"
 
 namespace dynrcnn {
 namespace ops {
@@ -86,9 +87,7 @@ void match_proposals(const scalar_t* proposals, const scalar_t* gts,
       const acc_t px1 = proposals[4 * i], py1 = proposals[4 * i + 1];
       const acc_t px2 = proposals[4 * i + 2], py2 = proposals[4 * i + 3];
       acc_t* iou = ious.data();
-      for (int64_t j = 0; j < ng; ++j)
-        iou[j] = iou_xyxy<acc_t>(px1, py1, px2, py2, gx1[g0 + j], gy1[g0 + j], gx2[g0 + j],
-                                 gy2[g0 + j]);
+      iou_row<acc_t, acc_t>(px1, py1, px2, py2, gx1 + g0, gy1 + g0, gx2 + g0, gy2 + g0, ng, iou);
       acc_t best = acc_t(-1);
       int64_t best_j = 0;
       for (int64_t j = 0; j < ng; ++j) {
@@ -146,7 +145,7 @@ MatchOutputs dynamic_match_cpu(const at::Tensor& proposals, const at::Tensor& gt
   auto max_iou = at::empty({n}, float_opts);
   auto labels = at::empty({n}, p.options().dtype(at::kLong));
   std::vector<float> err(n);
-  const double thr = iou_thr.to(at::kDouble).item<double>();
+  const double thr = iou_thr.item<double>();
 
   if (n > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "dynamic_match_cpu",

@@ -8,10 +8,12 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "ops/box_math.h"
 #include "ops/checks.h"
+#include "ops/cpu/cpu_target.h"
 
 namespace dynrcnn {
 namespace ops {
@@ -20,24 +22,28 @@ namespace {
 constexpr int64_t kChunk = 1 << 15;  // elements per partial sum
 constexpr int kLanes = 8;            // independent accumulators: lets the compiler vectorize
 
+// The loops below index through pointers and block counts rather than `i + kLanes <= end`:
+// under -fwrapv (which Python's flags add) GCC cannot prove such an index does not wrap and
+// gives up vectorizing.
+
 template <typename scalar_t, bool kWeighted>
-at::opmath_type<scalar_t> chunk_sum(const scalar_t* x, const scalar_t* t, const scalar_t* w,
-                                    int64_t begin, int64_t end,
-                                    at::opmath_type<scalar_t> beta) {
+DYNRCNN_CPU_CLONES at::opmath_type<scalar_t> chunk_sum(const scalar_t* x, const scalar_t* t,
+                                                       const scalar_t* w, int64_t count,
+                                                       at::opmath_type<scalar_t> beta) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t lanes[kLanes] = {};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
+  const int64_t blocks = count / kLanes;
+  for (int64_t blk = 0; blk < blocks; ++blk, x += kLanes, t += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      acc_t v = smooth_l1<acc_t>(static_cast<acc_t>(x[i + l]) - static_cast<acc_t>(t[i + l]),
-                                 beta);
-      if (kWeighted) v *= static_cast<acc_t>(w[i + l]);
+      acc_t v = smooth_l1<acc_t>(static_cast<acc_t>(x[l]) - static_cast<acc_t>(t[l]), beta);
+      if (kWeighted) v *= static_cast<acc_t>(w[l]);
       lanes[l] += v;
     }
+    if (kWeighted) w += kLanes;
   }
-  for (int l = 0; i < end; ++i, ++l) {
-    acc_t v = smooth_l1<acc_t>(static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i]), beta);
-    if (kWeighted) v *= static_cast<acc_t>(w[i]);
+  for (int64_t l = 0; l < count - blocks * kLanes; ++l) {
+    acc_t v = smooth_l1<acc_t>(static_cast<acc_t>(x[l]) - static_cast<acc_t>(t[l]), beta);
+    if (kWeighted) v *= static_cast<acc_t>(w[l]);
     lanes[l] += v;
   }
   acc_t total = 0;
@@ -53,17 +59,62 @@ at::opmath_type<scalar_t> deterministic_sum(const scalar_t* x, const scalar_t* t
   const int64_t num_chunks = (n + kChunk - 1) / kChunk;
   std::vector<acc_t> partial(num_chunks);
   at::parallel_for(0, num_chunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c)
-      partial[c] = chunk_sum<scalar_t, kWeighted>(x, t, w, c * kChunk,
-                                                  std::min(n, (c + 1) * kChunk), beta);
+    for (int64_t c = cb; c < ce; ++c) {
+      const int64_t off = c * kChunk;
+      partial[c] = chunk_sum<scalar_t, kWeighted>(x + off, t + off, kWeighted ? w + off : w,
+                                                  std::min(kChunk, n - off), beta);
+    }
   });
   acc_t total = 0;
   for (int64_t c = 0; c < num_chunks; ++c) total += partial[c];
   return total;
 }
 
+// Elementwise loss (reduction 'none'); `w` may be null.
+template <typename scalar_t>
+DYNRCNN_CPU_CLONES void loss_elementwise(const scalar_t* x, const scalar_t* t,
+                                         const scalar_t* w, int64_t count,
+                                         at::opmath_type<scalar_t> beta, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (w == nullptr) {
+    for (int64_t i = 0; i < count; ++i)
+      out[i] = static_cast<scalar_t>(
+          smooth_l1<acc_t>(static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i]), beta));
+  } else {
+    for (int64_t i = 0; i < count; ++i)
+      out[i] = static_cast<scalar_t>(
+          smooth_l1<acc_t>(static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i]), beta) *
+          static_cast<acc_t>(w[i]));
+  }
+}
+
+// Gradient: per-element incoming gradient `g` (reduction 'none') or one `scale` for all
+// (mean/sum, g null); `w` may be null. One branch-free loop per case.
+template <typename scalar_t>
+DYNRCNN_CPU_CLONES void grad_elementwise(const scalar_t* x, const scalar_t* t,
+                                         const scalar_t* w, const scalar_t* g,
+                                         at::opmath_type<scalar_t> scale, int64_t count,
+                                         at::opmath_type<scalar_t> beta, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  auto d = [&](int64_t i) {
+    return smooth_l1_grad<acc_t>(static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i]), beta);
+  };
+  if (g != nullptr && w != nullptr) {
+    for (int64_t i = 0; i < count; ++i)
+      out[i] = static_cast<scalar_t>(d(i) * static_cast<acc_t>(g[i]) * static_cast<acc_t>(w[i]));
+  } else if (g != nullptr) {
+    for (int64_t i = 0; i < count; ++i)
+      out[i] = static_cast<scalar_t>(d(i) * static_cast<acc_t>(g[i]));
+  } else if (w != nullptr) {
+    for (int64_t i = 0; i < count; ++i)
+      out[i] = static_cast<scalar_t>(d(i) * scale * static_cast<acc_t>(w[i]));
+  } else {
+    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<scalar_t>(d(i) * scale);
+  }
+}
+
 at::Tensor dynamic_smooth_l1_cpu(const at::Tensor& input, const at::Tensor& target,
-                                 const at::Tensor& beta, const c10::optional<at::Tensor>& weight,
+                                 const at::Tensor& beta, const std::optional<at::Tensor>& weight,
                                  int64_t reduction) {
   check_loss_args("dynamic_smooth_l1", input, target, beta, weight, reduction, at::kCPU);
   const auto x = input.contiguous();
@@ -75,19 +126,16 @@ at::Tensor dynamic_smooth_l1_cpu(const at::Tensor& input, const at::Tensor& targ
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dynamic_smooth_l1_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t b = static_cast<acc_t>(beta.to(at::kDouble).item<double>());
+    const acc_t b = static_cast<acc_t>(beta.item<double>());
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pt = t.data_ptr<scalar_t>();
     const scalar_t* pw = weighted ? w.data_ptr<scalar_t>() : nullptr;
     if (reduction == 0) {
-      out = at::empty_like(x);
+      out = at::empty_like(x, at::MemoryFormat::Contiguous);
       scalar_t* po = out.data_ptr<scalar_t>();
       at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          acc_t v = smooth_l1<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]), b);
-          if (pw != nullptr) v *= static_cast<acc_t>(pw[i]);
-          po[i] = static_cast<scalar_t>(v);
-        }
+        loss_elementwise<scalar_t>(px + begin, pt + begin, pw ? pw + begin : nullptr,
+                                   end - begin, b, po + begin);
       });
       return;
     }
@@ -103,7 +151,7 @@ at::Tensor dynamic_smooth_l1_cpu(const at::Tensor& input, const at::Tensor& targ
 
 at::Tensor dynamic_smooth_l1_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                           const at::Tensor& target, const at::Tensor& beta,
-                                          const c10::optional<at::Tensor>& weight,
+                                          const std::optional<at::Tensor>& weight,
                                           int64_t reduction) {
   check_loss_args("dynamic_smooth_l1_backward", input, target, beta, weight, reduction, at::kCPU);
   TORCH_CHECK(grad_output.device() == input.device(),
@@ -129,7 +177,7 @@ at::Tensor dynamic_smooth_l1_backward_cpu(const at::Tensor& grad_output, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dynamic_smooth_l1_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t b = static_cast<acc_t>(beta.to(at::kDouble).item<double>());
+    const acc_t b = static_cast<acc_t>(beta.item<double>());
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pt = t.data_ptr<scalar_t>();
     const scalar_t* pw = weighted ? w.data_ptr<scalar_t>() : nullptr;
@@ -137,26 +185,11 @@ at::Tensor dynamic_smooth_l1_backward_cpu(const at::Tensor& grad_output, const a
     scalar_t* po = grad_input.data_ptr<scalar_t>();
     acc_t scale = reduction == 0 ? acc_t(1) : static_cast<acc_t>(pg[0]);
     if (reduction == 1) scale /= static_cast<acc_t>(n);
-    // Separate loops per case keep each one branch-free (and so vectorizable).
+    const scalar_t* pg_each = reduction == 0 ? pg : nullptr;
     at::parallel_for(0, n, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
-      if (reduction == 0) {
-        for (int64_t i = begin; i < end; ++i) {
-          acc_t v = smooth_l1_grad<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]),
-                                          b) * static_cast<acc_t>(pg[i]);
-          if (pw != nullptr) v *= static_cast<acc_t>(pw[i]);
-          po[i] = static_cast<scalar_t>(v);
-        }
-      } else if (pw != nullptr) {
-        for (int64_t i = begin; i < end; ++i)
-          po[i] = static_cast<scalar_t>(
-              smooth_l1_grad<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]), b) *
-              scale * static_cast<acc_t>(pw[i]));
-      } else {
-        for (int64_t i = begin; i < end; ++i)
-          po[i] = static_cast<scalar_t>(
-              smooth_l1_grad<acc_t>(static_cast<acc_t>(px[i]) - static_cast<acc_t>(pt[i]), b) *
-              scale);
-      }
+      grad_elementwise<scalar_t>(px + begin, pt + begin, pw ? pw + begin : nullptr,
+                                 pg_each ? pg_each + begin : nullptr, scale, end - begin, b,
+                                 po + begin);
     });
   });
   return grad_input;

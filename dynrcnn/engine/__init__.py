@@ -1,0 +1,84 @@
+"""Training and evaluation engine: configs, the Trainer (torchrun / DDP, crash-safe
+checkpoints, exact resume), the COCO evaluator and the helpers they share.
+
+    from dynrcnn.engine import TrainConfig, Trainer, evaluate
+    summary = Trainer(TrainConfig(data_dir="data/synthetic", backbone="tiny_fpn")).train()
+
+dynrcnn.data and dynrcnn.modeling are imported when a model or dataset is built, so
+`import dynrcnn.engine` stays light.
+"""
+
+from dynrcnn.engine.builders import build_model, get_dynamic_state, load_model_for_eval
+from dynrcnn.engine.checkpoint import (
+    Checkpointer,
+    atomic_save,
+    atomic_write_text,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+from dynrcnn.engine.config import (
+    EvalConfig,
+    TrainConfig,
+    add_dataclass_args,
+    config_from_dict,
+    config_to_dict,
+    dataclass_from_args,
+    load_config,
+    save_config,
+)
+from dynrcnn.engine.distributed import DistInfo, init_distributed, sync_dynamic_state
+from dynrcnn.engine.evaluator import (
+    METRIC_NAMES,
+    ap_at_iou,
+    coco_evaluate,
+    detections_to_coco,
+    evaluate,
+    format_metrics_table,
+    run_evaluation,
+    write_metrics,
+)
+from dynrcnn.engine.logger import NonFiniteLossError, read_jsonl
+from dynrcnn.engine.plots import plot_training_curves
+from dynrcnn.engine.schedule import WarmupMultiStep, build_optimizer, build_scheduler
+from dynrcnn.engine.trainer import Trainer, effective_lr, train
+
+__all__ = [
+    "METRIC_NAMES",
+    "Checkpointer",
+    "DistInfo",
+    "EvalConfig",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "Trainer",
+    "WarmupMultiStep",
+    "add_dataclass_args",
+    "ap_at_iou",
+    "atomic_save",
+    "atomic_write_text",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+    "capture_rng_state",
+    "coco_evaluate",
+    "config_from_dict",
+    "config_to_dict",
+    "dataclass_from_args",
+    "detections_to_coco",
+    "effective_lr",
+    "evaluate",
+    "format_metrics_table",
+    "get_dynamic_state",
+    "init_distributed",
+    "load_checkpoint",
+    "load_config",
+    "load_model_for_eval",
+    "plot_training_curves",
+    "read_jsonl",
+    "restore_rng_state",
+    "run_evaluation",
+    "save_config",
+    "sync_dynamic_state",
+    "train",
+    "write_metrics",
+]

@@ -1,0 +1,155 @@
+"""Crash-safe checkpoints: atomic writes, a `last_checkpoint` pointer, RNG state capture.
+
+A checkpoint file is written to a temporary file in the same directory, flushed and
+fsync'ed, then renamed over the final name with os.replace (atomic on POSIX), and the
+directory is fsync'ed so the rename itself survives a power cut. A process killed at any
+point therefore leaves either the previous file or the complete new one under the final
+name, never half a file; at worst a stale `.tmp-*` file, which `Checkpointer` removes.
+
+Checkpoints hold only tensors and plain containers of Python primitives, so they load with
+torch.load(weights_only=True): no pickled objects, nothing executes on load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import random
+import tempfile
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+POINTER = "last_checkpoint"
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(directory: str) -> None:
+    """Persist a rename (best effort: some filesystems refuse fsync on directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temp file next to `path`; on success flush+fsync it and os.replace it onto
+    `path`; on any exception delete it and leave `path` untouched."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX + os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_save(obj: Any, path: PathLike) -> None:
+    """torch.save(obj, path), atomically."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_write_text(text: str, path: PathLike) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """torch.load with weights_only=True onto the CPU."""
+    return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """RNG states of python `random`, numpy, torch CPU and CUDA as tensors and lists."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [str(name), keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of capture_rng_state (CUDA states only when CUDA is in use here too)."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# --------------------------------------------------------------------------- checkpointer
+
+
+class Checkpointer:
+    """Saves `model_<iteration>.pth` files and the `last_checkpoint` pointer in a directory.
+
+    Only the caller decides who saves (rank 0); this class does no communication.
+    """
+
+    def __init__(self, directory: PathLike) -> None:
+        self.directory = os.fspath(directory)
+
+    def path_for(self, iteration: int, final: bool = False) -> str:
+        name = "model_final.pth" if final else f"model_{iteration:07d}.pth"
+        return os.path.join(self.directory, name)
+
+    def save(self, state: Dict[str, Any], iteration: int, final: bool = False) -> str:
+        """Write the checkpoint atomically, then the pointer (also atomically), so the
+        pointer always names a complete file."""
+        path = self.path_for(iteration, final)
+        atomic_save(state, path)
+        atomic_write_text(os.path.basename(path) + "\n", os.path.join(self.directory, POINTER))
+        return path
+
+    def last_checkpoint(self) -> Optional[str]:
+        """The file named by the pointer, or None when there is no (valid) pointer."""
+        pointer = os.path.join(self.directory, POINTER)
+        if not os.path.isfile(pointer):
+            return None
+        with open(pointer) as f:
+            name = f.read().strip()
+        path = os.path.join(self.directory, name)
+        return path if name and os.path.isfile(path) else None
+
+    def checkpoints(self) -> List[str]:
+        """Every checkpoint file in the directory (temporary files excluded)."""
+        return sorted(glob.glob(os.path.join(self.directory, "model_*.pth")))
+
+    def remove_stale_temporaries(self) -> List[str]:
+        """Delete `.tmp-*` leftovers of a process killed mid-write; returns what it removed."""
+        stale = glob.glob(os.path.join(self.directory, TMP_PREFIX + "*"))
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return stale

@@ -1,0 +1,282 @@
+"""Run configurations (dataclasses), their JSON form, and an argparse bridge for the CLI.
+
+Every field of `TrainConfig` / `EvalConfig` (nested `DynamicConfig` included) is settable
+from the command line through `add_dataclass_args` + `dataclass_from_args`, so the CLI never
+lists options by hand and a new field is available everywhere at once.
+
+Learning rate and linear scaling: `lr` is the learning rate for a TOTAL batch of
+`lr_reference_batch` images (0.02 for 16 images, the paper's 1x setting). With
+`scale_lr=True` the trainer uses lr * (batch_size * world_size) / lr_reference_batch
+(Goyal et al.'s linear scaling rule); with `scale_lr=False` it uses `lr` as given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+
+from dynrcnn.dynamic import DynamicConfig
+
+T = TypeVar("T")
+
+# The paper's 1x schedule (mmdetection's 12 epochs): x0.1 after 8/12 and 11/12 of the run.
+DEFAULT_STEPS: Tuple[float, ...] = (8 / 12, 11 / 12)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as config.json in the run directory.
+
+    Data: `data_dir` in make_synthetic_coco's layout ({train,val}/ images and
+    annotations/instances_{train,val}.json) fills any of train_images/train_ann/val_images/
+    val_ann left empty. `num_classes` (background included) defaults to the dataset's.
+    Schedule: linear warmup from warmup_factor * lr over warmup_iters, then x`gamma` at
+    each fraction of `iterations` in `steps`. `batch_size` is per process.
+    """
+
+    # data
+    data_dir: Optional[str] = None
+    train_images: Optional[str] = None
+    train_ann: Optional[str] = None
+    val_images: Optional[str] = None
+    val_ann: Optional[str] = None
+    # model
+    arch: str = "dynamic_rcnn"
+    backbone: str = "resnet50_fpn"
+    num_classes: Optional[int] = None
+    weights: Optional[str] = None
+    backbone_weights: Optional[str] = None
+    min_size: int = 800
+    max_size: int = 1333
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+    # run
+    out_dir: str = "runs/train"
+    iterations: int = 90000
+    batch_size: int = 2
+    lr: float = 0.02
+    lr_reference_batch: int = 16
+    scale_lr: bool = True
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    steps: Tuple[float, ...] = DEFAULT_STEPS
+    gamma: float = 0.1
+    grad_clip: Optional[float] = None
+    amp: bool = False
+    hflip: float = 0.5
+    seed: int = 0
+    num_workers: int = 2
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    eval_period: int = 0
+    resume: bool = False
+    device: Optional[str] = None
+    find_unused_parameters: bool = False
+    progress: bool = True
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dynamic, dict):  # from JSON
+            self.dynamic = DynamicConfig(**self.dynamic)
+        self.steps = tuple(float(s) for s in self.steps)
+        positive = {"iterations": self.iterations, "batch_size": self.batch_size,
+                    "checkpoint_period": self.checkpoint_period, "log_period": self.log_period,
+                    "lr_reference_batch": self.lr_reference_batch, "min_size": self.min_size,
+                    "max_size": self.max_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in {"eval_period": self.eval_period, "warmup_iters": self.warmup_iters,
+                            "num_workers": self.num_workers, "lr": self.lr, "seed": self.seed,
+                            "weight_decay": self.weight_decay}.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 < self.warmup_factor <= 1.0:
+            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"hflip must be a probability in [0, 1], got {self.hflip}")
+        if any(not 0.0 < s <= 1.0 for s in self.steps) or list(self.steps) != sorted(self.steps):
+            raise ValueError(f"steps must be increasing fractions in (0, 1], got {self.steps}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 (or None), got {self.grad_clip}")
+
+    def data_paths(self) -> Dict[str, Optional[str]]:
+        """train/val image folders and annotation files, data_dir filling the gaps."""
+        return resolve_data_paths(self.data_dir, {
+            "train_images": self.train_images, "train_ann": self.train_ann,
+            "val_images": self.val_images, "val_ann": self.val_ann})
+
+
+@dataclass
+class EvalConfig:
+    """An evaluation run (the CLI's `eval`): a checkpoint on a COCO-format split.
+
+    `weights` is a training checkpoint (model_*.pth: architecture and sizes come from the
+    config stored in it) or a bare state_dict (then arch/backbone/num_classes/min_size/
+    max_size/model_kwargs describe the model).
+    """
+
+    weights: str = ""
+    data_dir: Optional[str] = None
+    val_images: Optional[str] = None
+    val_ann: Optional[str] = None
+    arch: str = "dynamic_rcnn"
+    backbone: str = "resnet50_fpn"
+    num_classes: Optional[int] = None
+    min_size: int = 800
+    max_size: int = 1333
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    out_dir: str = "runs/eval"
+    batch_size: int = 2
+    num_workers: int = 2
+    device: Optional[str] = None
+    progress: bool = True
+
+    def data_paths(self) -> Dict[str, Optional[str]]:
+        return resolve_data_paths(self.data_dir, {"val_images": self.val_images,
+                                                  "val_ann": self.val_ann})
+
+
+def resolve_data_paths(data_dir: Optional[str],
+                       paths: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
+    """Fill unset `<split>_images` / `<split>_ann` from data_dir's synthetic-COCO layout."""
+    out = dict(paths)
+    for key, value in paths.items():
+        if value or not data_dir:
+            continue
+        split, kind = key.split("_")
+        out[key] = (os.path.join(data_dir, split) if kind == "images" else
+                    os.path.join(data_dir, "annotations", f"instances_{split}.json"))
+    return out
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """A plain, JSON-serializable dict (nested dataclasses become dicts, tuples lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
+    """Inverse of config_to_dict; unknown keys are an error (a typo must not pass silently)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = config_from_dict(hint, value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def save_config(config: Any, path: str) -> None:
+    """Write config as indented JSON, atomically (a reader never sees half a file)."""
+    from dynrcnn.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n", path)
+
+
+def load_config(cls: Type[T], path: str) -> T:
+    with open(path) as f:
+        return config_from_dict(cls, json.load(f))
+
+
+# --------------------------------------------------------------------------- argparse
+
+_SEP = "__"  # dest of a nested field: dynamic__k_iou
+
+
+def _number(text: str) -> float:
+    """A float that also accepts fractions such as 8/12 (the schedule's natural unit)."""
+    return float(Fraction(text)) if "/" in text else float(text)
+
+
+def _optional(convert: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _json_dict(text: str) -> Dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _unwrap_optional(hint: Any) -> Tuple[Any, bool]:
+    args = typing.get_args(hint)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any],
+                       prefix: str = "", _dest: str = "") -> None:
+    """Add one --option per field of dataclass `cls` (nested dataclasses get a prefix:
+    --dynamic-k-iou). Defaults are the dataclass's; booleans get --x / --no-x; tuples take
+    several values; dicts take a JSON object; Optional fields accept 'none'."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} ({prefix.rstrip('-') or 'main'})")
+    for f in dataclasses.fields(cls):
+        hint, optional = _unwrap_optional(hints[f.name])
+        flag = "--" + prefix + f.name.replace("_", "-")
+        dest = _dest + f.name
+        if dataclasses.is_dataclass(hint):
+            add_dataclass_args(parser, hint, prefix=prefix + f.name.replace("_", "-") + "-",
+                               _dest=dest + _SEP)
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        doc = f"(default: {default!r})"
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            group.add_argument(flag, dest=dest, default=default,
+                               action=argparse.BooleanOptionalAction, help=doc)
+        elif origin in (tuple, list):
+            item = typing.get_args(hint)[0]
+            convert = _number if item is float else item
+            group.add_argument(flag, dest=dest, default=default, nargs="+", type=convert,
+                               metavar=item.__name__.upper(), help=doc)
+        elif origin is dict or hint is dict:
+            group.add_argument(flag, dest=dest, default=default, type=_json_dict,
+                               metavar="JSON", help=doc)
+        else:
+            convert = _number if hint is float else hint
+            if optional:
+                convert = _optional(convert)
+            group.add_argument(flag, dest=dest, default=default, type=convert,
+                               metavar=hint.__name__.upper(), help=doc)
+
+
+def dataclass_from_args(cls: Type[T], args: argparse.Namespace, prefix: str = "") -> T:
+    """Build `cls` from a namespace filled by add_dataclass_args(parser, cls)."""
+    hints = typing.get_type_hints(cls)
+    values = vars(args)
+    kwargs: Dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        hint, _ = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = dataclass_from_args(hint, args, prefix=prefix + f.name + _SEP)
+            continue
+        value = values[prefix + f.name]
+        if typing.get_origin(hint) is tuple and value is not None:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,182 @@
+"""torch.distributed helpers: init from torchrun's environment, small collectives, and the
+cross-rank check of Dynamic R-CNN's T and beta.
+
+Every helper is a no-op (or the identity) in a single process, so the trainer and the
+evaluator run the same code with and without torchrun.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from dynrcnn.dynamic import DynamicState
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank, world size, its device, and whether
+    init_distributed created the process group (then shutdown() destroys it)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
+    """'cuda' (or None with a GPU present) means this process's GPU, cuda:<local_rank>."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def init_distributed(device: Optional[str] = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL on GPUs, gloo on the CPU. Without those
+    variables (or WORLD_SIZE=1) this is a single process and nothing is initialized."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # NCCL and the *_object collectives use the current GPU
+    if world <= 1 or not dist.is_available():
+        return DistInfo(get_rank(), get_world_size(), local_rank, dev)
+    initialized_here = False
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        initialized_here = True
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, initialized_here)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean over ranks (a copy; the input is left alone)."""
+    if not is_distributed():
+        return tensor.clone()
+    out = tensor.detach().clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def all_reduce_min(tensor: Tensor) -> Tensor:
+    if not is_distributed():
+        return tensor.clone()
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MIN)
+    return out
+
+
+def gather_objects(obj: Any, dst: int = 0) -> Optional[List[Any]]:
+    """Every rank's `obj` as a list on rank `dst` (None elsewhere); [obj] in one process."""
+    if not is_distributed():
+        return [obj]
+    out: Optional[List[Any]] = [None] * dist.get_world_size() if get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    if not is_distributed():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj if get_rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@torch.no_grad()
+def sync_dynamic_state(state: DynamicState) -> None:
+    """Check that every rank holds the same DynamicState, then make it bitwise identical.
+
+    DynamicState.update() all-gathers the histories, so all ranks compute the same T and
+    beta as long as they call record() equally often (each training forward records once).
+    A different record count means the ranks went out of step: that is an error, since
+    their update() collectives no longer pair up. A different T or beta (which should not
+    happen) is reported and overwritten with rank 0's values. Collective: call on all ranks.
+    """
+    if not is_distributed():
+        return
+    dev = state.iou_thr.device
+    local = torch.stack([torch.tensor(float(state.records), dtype=torch.float64, device=dev),
+                         state.iou_thr.double(), state.beta.double()])
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    table = torch.stack(parts).cpu()
+    if bool((table[:, 0] != table[0, 0]).any()):
+        raise RuntimeError(
+            "DynamicState is out of step across ranks: record counts "
+            f"{[int(r) for r in table[:, 0].tolist()]} (one per rank) should all be equal")
+    if bool((table[:, 1:] != table[0, 1:]).any()):
+        warnings.warn(
+            f"DynamicState T/beta differ across ranks ({table[:, 1:].tolist()}); using rank "
+            "0's values", RuntimeWarning, stacklevel=2)
+    dist.broadcast(state.iou_thr, src=0)
+    dist.broadcast(state.beta, src=0)
+
+
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), DynamicState's
+    excepted. Collective.
+
+    The trainer runs DDP with broadcast_buffers=False (to keep each rank's DynamicState
+    history its own), so the ranks' BatchNorm statistics drift apart: they only matter in
+    eval mode, and this makes a distributed evaluation and the checkpoint use one set,
+    rank 0's, as DDP's default per-forward broadcast would have.
+    """
+    if not is_distributed():
+        return
+    dynamic = {id(b) for m in model.modules() if isinstance(m, DynamicState)
+               for b in m.buffers()}
+    for buf in model.buffers():
+        if id(buf) not in dynamic:
+            dist.broadcast(buf, src=0)

@@ -1,0 +1,418 @@
+"""The training loop: SGD + warmup/step schedule, AMP on CUDA, DDP under torchrun,
+crash-safe checkpoints, exact resume, JSONL log, progress bar.
+
+Exact resume: a checkpoint at iteration k holds the model (with DynamicState: T, beta and
+their histories), optimizer, scheduler, GradScaler, every rank's RNG states and the config.
+The data order is a function of (seed, iteration) (see sampling.py), so `resume=True` runs
+iterations k+1.. exactly as the uninterrupted run would have (same world size).
+
+Only rank 0 writes files. Host syncs: the loss terms stay on the device except at log
+iterations (log_period) and checkpoints; the non-finite-loss check runs every iteration on
+the CPU (where it is free) and with the log on GPUs (see logger.LossMonitor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from dynrcnn.engine.builders import (
+    build_model,
+    build_train_dataset,
+    build_val_dataset,
+    get_dynamic_state,
+)
+from dynrcnn.engine.checkpoint import (
+    Checkpointer,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+from dynrcnn.engine.config import TrainConfig, config_to_dict, save_config
+from dynrcnn.engine.distributed import (
+    all_reduce_mean,
+    broadcast_buffers,
+    gather_objects,
+    init_distributed,
+    shutdown,
+    sync_dynamic_state,
+)
+from dynrcnn.engine.logger import JsonlWriter, LossMonitor
+from dynrcnn.engine.sampling import (
+    AugmentedDataset,
+    ResumableBatchSampler,
+    collate,
+    move_to_device,
+)
+from dynrcnn.engine.schedule import build_optimizer, build_scheduler
+
+log = logging.getLogger("dynrcnn.engine")
+Hook = Callable[["Trainer", int], None]
+CHECKPOINT_FORMAT = 1
+# config fields that may change between a run and its resume without a warning
+_RESUME_FREE = {"resume", "progress", "plot", "num_workers", "log_period", "eval_period",
+                "checkpoint_period", "device"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def effective_lr(config: TrainConfig, world_size: int) -> float:
+    """config.lr, linearly scaled to the total batch when config.scale_lr."""
+    if not config.scale_lr:
+        return config.lr
+    return config.lr * config.batch_size * world_size / config.lr_reference_batch
+
+
+class Trainer:
+    """Builds everything in __init__ (and loads the last checkpoint when config.resume);
+    train() runs to config.iterations and returns a summary.
+
+    train_dataset / val_dataset: datasets with CocoDetection's interface; by default built
+    from the config's paths. hooks: callables (trainer, iteration) run on every rank after
+    each iteration (after its checkpoint), e.g. for extra logging.
+    """
+
+    def __init__(self, config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None,
+                 hooks: Sequence[Hook] = ()) -> None:
+        self.dist = init_distributed(config.device)
+        self.device = self.dist.device
+        self.is_main = self.dist.is_main
+        self.hooks = list(hooks)
+        self.train_dataset = train_dataset if train_dataset is not None else \
+            build_train_dataset(config)
+        self._val_dataset = val_dataset
+        if config.eval_period and val_dataset is None:  # fail now, not after hours of training
+            self._val_dataset = build_val_dataset(config)
+        data_classes = int(self.train_dataset.num_classes)
+        num_classes = config.num_classes or data_classes
+        if num_classes < data_classes:
+            raise ValueError(f"num_classes={num_classes} is smaller than the dataset's "
+                             f"{data_classes} (background included)")
+        self.config = dataclasses.replace(config, num_classes=num_classes)
+        cfg = self.config
+        self.amp = cfg.amp and self.device.type == "cuda"
+        if cfg.amp and not self.amp and self.is_main:
+            warnings.warn("amp=True is ignored: mixed precision needs CUDA, training runs in "
+                          "float32 on the CPU", RuntimeWarning, stacklevel=2)
+
+        # Same seed on every rank: the ranks build identical models without relying on DDP.
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, num_classes).to(self.device)
+        self.dynamic_state = get_dynamic_state(self.model)
+        self.base_lr = effective_lr(cfg, self.dist.world_size)
+        self.optimizer = build_optimizer(self.model, self.base_lr, cfg.momentum,
+                                         cfg.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg.iterations, cfg.steps, cfg.gamma,
+                                         cfg.warmup_iters, cfg.warmup_factor)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.checkpointer = Checkpointer(cfg.out_dir)
+        self.start_iter = 0
+        self.iteration = 0
+        self.resumed_from: Optional[str] = None
+        self.last_checkpoint: Optional[str] = None
+        self.last_metrics: Optional[Dict[str, Any]] = None
+        rng = self._resume() if cfg.resume else None
+
+        if self.dist.world_size > 1:
+            # broadcast_buffers=False: DDP would otherwise overwrite every rank's buffers
+            # with rank 0's before each forward, including DynamicState's local histories,
+            # which update() must all-gather from every rank.
+            self.ddp_model: nn.Module = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None, broadcast_buffers=False,
+                find_unused_parameters=cfg.find_unused_parameters)
+        else:
+            self.ddp_model = self.model
+        if self.is_main:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            self.checkpointer.remove_stale_temporaries()
+            save_config(cfg, os.path.join(cfg.out_dir, "config.json"))
+        # Last, so nothing above shifts the streams: the per-rank training randomness (RPN /
+        # RoI sampling) continues from the checkpoint, or starts from seed + rank.
+        if rng is not None:
+            restore_rng_state(rng)
+        else:
+            seed_everything(cfg.seed + self.dist.rank)
+
+    # ------------------------------------------------------------------ resume / checkpoints
+
+    def _resume(self) -> Optional[Dict[str, Any]]:
+        """Load the last checkpoint of out_dir; returns this rank's RNG state to restore."""
+        path = self.checkpointer.last_checkpoint()
+        if path is None:
+            if self.is_main:
+                log.warning("resume: no checkpoint in %s, starting from scratch",
+                            self.config.out_dir)
+            return None
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.amp and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_iter = self.iteration = int(ckpt["iteration"])
+        self.resumed_from = self.last_checkpoint = path
+        self._warn_config_changes(ckpt.get("config", {}))
+        states: List[Dict[str, Any]] = ckpt.get("rng", [])
+        if len(states) != self.dist.world_size:
+            warnings.warn(f"resume: the checkpoint has RNG states of {len(states)} processes, "
+                          f"this run has {self.dist.world_size}: sampling is reseeded, so "
+                          "the run is not an exact continuation", RuntimeWarning, stacklevel=3)
+            seed_everything(self.config.seed + self.dist.rank + self.start_iter)
+            return None
+        if self.is_main:
+            log.info("resumed from %s at iteration %d", path, self.start_iter)
+        return states[self.dist.rank]
+
+    def _warn_config_changes(self, saved: Dict[str, Any]) -> None:
+        current = config_to_dict(self.config)
+        changed = sorted(k for k in current if k not in _RESUME_FREE and k in saved
+                         and saved[k] != current[k])
+        if changed and self.is_main:
+            warnings.warn(
+                "resume: config differs from the checkpoint's in "
+                + ", ".join(f"{k} ({saved[k]!r} -> {current[k]!r})" for k in changed)
+                + "; the optimizer and schedule continue from the checkpoint",
+                RuntimeWarning, stacklevel=4)
+
+    def checkpoint_state(self, iteration: int) -> Dict[str, Any]:
+        """Everything a resume needs; collective (gathers every rank's RNG state)."""
+        rng = gather_objects(capture_rng_state())
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "iteration": iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng if rng is not None else [],
+            "config": config_to_dict(self.config),
+            "world_size": self.dist.world_size,
+        }
+
+    def save_checkpoint(self, iteration: int, final: bool = False) -> Optional[str]:
+        """Collective: verify T/beta across ranks, gather RNG states, rank 0 writes."""
+        broadcast_buffers(self.model)  # one set of BatchNorm statistics in the checkpoint
+        if self.dynamic_state is not None:
+            sync_dynamic_state(self.dynamic_state)
+        state = self.checkpoint_state(iteration)
+        if not self.is_main:
+            return None
+        self.last_checkpoint = self.checkpointer.save(state, iteration, final=final)
+        return self.last_checkpoint
+
+    # ------------------------------------------------------------------ data / eval
+
+    def _train_loader(self) -> DataLoader:
+        cfg = self.config
+        sampler = ResumableBatchSampler(len(self.train_dataset), cfg.batch_size,
+                                        self.dist.rank, self.dist.world_size, cfg.seed,
+                                        start_iter=self.start_iter)
+        self._batch_sampler = sampler
+        return DataLoader(AugmentedDataset(self.train_dataset, cfg.hflip),
+                          batch_sampler=sampler, collate_fn=collate,
+                          num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                          # own generator: creating the iterator must not draw from (and so
+                          # shift) the global torch RNG that resume restores
+                          generator=torch.Generator().manual_seed(cfg.seed))
+
+    @property
+    def val_dataset(self) -> Any:
+        if self._val_dataset is None:
+            self._val_dataset = build_val_dataset(self.config)
+        return self._val_dataset
+
+    def evaluate(self, iteration: int) -> Dict[str, Any]:
+        """COCO metrics on the val set (collective); rank 0 appends them to eval.jsonl."""
+        from dynrcnn.engine.evaluator import evaluate
+
+        cfg = self.config
+        out = os.path.join(cfg.out_dir, f"eval_{iteration:07d}")
+        metrics = evaluate(self.model, self.val_dataset, self.device, cfg.batch_size,
+                           cfg.num_workers, out_dir=out if self.is_main else None,
+                           progress=cfg.progress)
+        if self.is_main:
+            writer = JsonlWriter(os.path.join(cfg.out_dir, "eval.jsonl"),
+                                 truncate_after=iteration - 1)
+            writer.write({"iteration": iteration, **metrics})
+            writer.close()
+        self.last_metrics = metrics
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+
+    def _dynamic_values(self) -> Dict[str, Any]:
+        if self.dynamic_state is None:
+            return {"iou_thr": None, "beta": None, "records": None}
+        return {"iou_thr": self.dynamic_state.iou_thr.item(),
+                "beta": self.dynamic_state.beta.item(),
+                "records": self.dynamic_state.records}
+
+    def train(self) -> Dict[str, Any]:
+        """Run iterations start_iter+1 .. config.iterations; returns the summary."""
+        cfg = self.config
+        t_start = time.perf_counter()
+        last_record: Dict[str, Any] = {}
+        if self.start_iter >= cfg.iterations:
+            return self._summary(last_record, t_start)
+        loader = self._train_loader()
+        data_iter = iter(loader)
+        writer = JsonlWriter(os.path.join(cfg.out_dir, "log.jsonl"),
+                             truncate_after=self.start_iter if self.resumed_from else None) \
+            if self.is_main else None
+        bar = self._progress_bar()
+        monitor = LossMonitor(self.device)
+        check_every = 1 if self.device.type == "cpu" else cfg.log_period
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        window_start, window_iters, window_data = time.perf_counter(), 0, 0.0
+        self.ddp_model.train()
+        try:
+            for it in range(self.start_iter, cfg.iterations):
+                n = it + 1
+                t0 = time.perf_counter()
+                images, targets = next(data_iter)
+                images, targets = move_to_device(images, targets, self.device)
+                window_data += time.perf_counter() - t0
+
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    loss_dict = self.ddp_model(images, targets)
+                names = list(loss_dict)
+                values = torch.stack([loss_dict[k].detach().float() for k in names])
+                monitor.observe(n, names, values)
+                is_log = n % cfg.log_period == 0 or n == cfg.iterations
+                is_ckpt = n % cfg.checkpoint_period == 0 or n == cfg.iterations
+                if n % check_every == 0 or is_log or is_ckpt:
+                    monitor.check()  # before the step: a NaN never reaches the weights
+
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(sum(loss_dict.values())).backward()
+                if cfg.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.iteration = n
+                window_iters += 1
+
+                if is_log:
+                    now = time.perf_counter()
+                    last_record = self._log_record(n, names, values, lr,
+                                                   (now - window_start) / window_iters,
+                                                   window_data / window_iters)
+                    window_start, window_iters, window_data = now, 0, 0.0
+                    if writer is not None:
+                        writer.write(last_record)
+                    if bar is not None:
+                        bar.set_postfix(self._bar_fields(last_record), refresh=False)
+                if is_ckpt:
+                    self.save_checkpoint(n, final=n == cfg.iterations)
+                if cfg.eval_period and (n % cfg.eval_period == 0 or n == cfg.iterations):
+                    self.evaluate(n)
+                for hook in self.hooks:
+                    hook(self, n)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            del data_iter  # stops loader workers
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+        if self.is_main and cfg.plot:
+            self._plot()
+        return self._summary(last_record, t_start)
+
+    def _log_record(self, n: int, names: List[str], values: torch.Tensor, lr: float,
+                    time_per_iter: float, data_time: float) -> Dict[str, Any]:
+        losses = all_reduce_mean(values).tolist()  # the one host sync of a log iteration
+        record: Dict[str, Any] = {
+            "iteration": n,
+            "epoch": self._batch_sampler.position(n - 1)[0],
+            "total_loss": float(sum(losses)),
+            **{k: float(v) for k, v in zip(names, losses)},
+            "lr": lr,
+            **self._dynamic_values(),
+            "time": time_per_iter,
+            "data_time": data_time,
+        }
+        if self.device.type == "cuda":
+            record["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return record
+
+    def _progress_bar(self) -> Any:
+        if not (self.is_main and self.config.progress):
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.config.iterations, initial=self.start_iter, desc="train",
+                    dynamic_ncols=True)
+
+    @staticmethod
+    def _bar_fields(record: Dict[str, Any]) -> Dict[str, str]:
+        fields = {"loss": f"{record['total_loss']:.3f}", "lr": f"{record['lr']:.2e}"}
+        if record.get("iou_thr") is not None:
+            fields["T"] = f"{record['iou_thr']:.3f}"
+            fields["beta"] = f"{record['beta']:.3f}"
+        return fields
+
+    def _plot(self) -> None:
+        from dynrcnn.engine.plots import plot_training_curves
+
+        cfg = self.config
+        try:
+            plot_training_curves(os.path.join(cfg.out_dir, "log.jsonl"),
+                                 os.path.join(cfg.out_dir, "curves.png"))
+        except (ImportError, ValueError) as exc:  # a missing plot must not fail a run
+            warnings.warn(f"no training curves plotted: {exc}", RuntimeWarning, stacklevel=2)
+
+    def _summary(self, record: Dict[str, Any], t_start: float) -> Dict[str, Any]:
+        losses = {k: v for k, v in record.items() if k.startswith("loss")}
+        summary = {
+            "out_dir": self.config.out_dir,
+            "start_iter": self.start_iter,
+            "iterations": self.iteration,
+            "resumed_from": self.resumed_from,
+            "checkpoint": self.last_checkpoint,
+            "total_loss": record.get("total_loss"),
+            "losses": losses,
+            # the lr the last iteration used (the optimizer already holds the next one)
+            "lr": record.get("lr", self.optimizer.param_groups[0]["lr"]),
+            "world_size": self.dist.world_size,
+            "time_s": time.perf_counter() - t_start,
+            "metrics": self.last_metrics,
+        }
+        summary.update(self._dynamic_values())
+        return summary
+
+    def close(self) -> None:
+        """Leave the process group if this trainer created it."""
+        shutdown(self.dist)
+
+
+def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None,
+          hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
+    """Trainer(config, ...).train(), leaving the process group afterwards (the CLI entry)."""
+    trainer = Trainer(config, train_dataset, val_dataset, hooks)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()

@@ -124,6 +124,7 @@ def build_extensions():
 
     sources = [str(CSRC / "dynrcnn.cpp"), str(CSRC / "python_module.cpp")]
     sources += sorted(str(p) for p in (CSRC / "ops" / "cpu").glob("*.cpp"))
+    sources += sorted(str(p) for p in (CSRC / "ops" / "autograd").glob("*.cpp"))
     include_dirs = [str(ROOT / CSRC)]
     define_macros: list[tuple[str, str | None]] = []
     # -fno-trapping-math lets gcc if-convert the branch-free selects in csrc/ops/box_math.h

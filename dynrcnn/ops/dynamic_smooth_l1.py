@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dynrcnn.ops import _reference
-from dynrcnn.ops._extension import extension_available, use_kernels
+from dynrcnn.ops._extension import use_kernels
 from dynrcnn.ops._validation import (
     as_scalar_tensor,
     check_float,
@@ -19,11 +19,13 @@ from dynrcnn.ops._validation import (
 
 
 class DynamicSmoothL1Function(torch.autograd.Function):
-    """Autograd of `torch.ops.dynrcnn.dynamic_smooth_l1`.
+    """The loss as a Python autograd.Function over the forward and backward kernels.
 
     Gradients flow to `input` and `target` (d/d target = -d/d input); `beta` and `weight`
-    are treated as constants. The same backward is registered on the op itself with
-    torch.library.register_autograd, so torch.compile sees it too.
+    are treated as constants. `dynamic_smooth_l1` does not need it: the op has the same
+    autograd registered in C++ (csrc/ops/autograd/), which skips Python in backward. This
+    class is for code that composes autograd.Functions, e.g. with custom double-backward
+    or hooks on the context.
     """
 
     @staticmethod
@@ -48,14 +50,6 @@ class DynamicSmoothL1Function(torch.autograd.Function):
         )
         return (grad if needs_input else None, -grad if needs_target else None,
                 None, None, None)
-
-
-if extension_available():
-    torch.library.register_autograd(
-        "dynrcnn::dynamic_smooth_l1",
-        DynamicSmoothL1Function.backward,
-        setup_context=DynamicSmoothL1Function.setup_context,
-    )
 
 
 def dynamic_smooth_l1(

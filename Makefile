@@ -48,10 +48,11 @@ test-slow: install
 	$(PY) -m pytest -q -m slow tests
 
 demo: install
-	$(PY) benchmarks/bench_ops.py --device cpu
+	$(PY) -m dynrcnn demo --data data/synthetic --out runs/demo
 
 bench: install
 	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_detectors.py
 
 lint: $(DEPS_STAMP)
 	$(VENV)/bin/ruff check dynrcnn tests benchmarks setup.py

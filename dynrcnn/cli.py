@@ -150,9 +150,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def load_run_metrics(run_dir: str) -> Dict[str, float]:
-    """The bbox metrics of a run directory (metrics.json written by train/eval)."""
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.isfile(path):
+    """The bbox metrics of a run directory: its metrics.json (written by `eval`), else the
+    latest eval_<iteration>/metrics.json the trainer wrote."""
+    import glob
+
+    candidates = [os.path.join(run_dir, METRICS_FILE)]
+    candidates += sorted(glob.glob(os.path.join(run_dir, "eval_*", METRICS_FILE)),
+                         reverse=True)
+    path = next((c for c in candidates if os.path.isfile(c)), None)
+    if path is None:
         raise SystemExit(f"dynrcnn compare: {run_dir} has no {METRICS_FILE} (evaluate it first)")
     with open(path) as f:
         data = json.load(f)
@@ -233,7 +239,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "lr": 0.08, "lr_reference_batch": 4, "warmup_iters": min(100, args.iterations // 10),
         "checkpoint_period": max(1, args.iterations // 4), "log_period": 10,
         "eval_period": args.iterations, "num_workers": 0, "resume": args.resume,
-        "dynamic": {"interval": args.interval, "k_iou": 75, "k_err": 10},
+        # A 2-core CPU budget: 300 proposals and 128 sampled RoIs per image instead of
+        # 2000 / 512, so KI and Kbeta shrink in proportion (the paper's 75 and 10 at 2000).
+        "model_kwargs": {"rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+                         "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 300,
+                         "box_batch_size_per_image": 128, "rpn_batch_size_per_image": 128},
+        "dynamic": {"interval": args.interval, "k_iou": 15, "k_err": 4},
     })
     summary = train(config)
     _print(_summary_text(summary))
@@ -287,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/synthetic")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--arch", default="dynamic_rcnn")
-    p.add_argument("--iterations", type=int, default=600)
+    p.add_argument("--iterations", type=int, default=1200)
     p.add_argument("--interval", type=int, default=20, help="C: iterations between updates")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--num-train", type=int, default=400)

@@ -236,7 +236,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "data_dir": data_dir, "arch": args.arch, "backbone": "tiny_fpn",
         "min_size": args.image_size, "max_size": args.image_size,
         "out_dir": args.out, "iterations": args.iterations, "batch_size": 4,
-        "lr": 0.08, "lr_reference_batch": 4, "warmup_iters": min(100, args.iterations // 10),
+        "lr": 0.02, "lr_reference_batch": 4, "grad_clip": 10.0,
+        "warmup_iters": min(100, args.iterations // 10),
         "checkpoint_period": max(1, args.iterations // 4), "log_period": 10,
         "eval_period": args.iterations, "num_workers": 0, "resume": args.resume,
         # A 2-core CPU budget: 300 proposals and 128 sampled RoIs per image instead of

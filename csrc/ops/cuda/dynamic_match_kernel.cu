@@ -33,6 +33,7 @@
 
 #include "ops/box_math.h"
 #include "ops/checks.h"
+#include "ops/cuda/scalar_load.cuh"
 
 namespace dynrcnn {
 namespace ops {
@@ -49,24 +50,6 @@ constexpr int64_t kSharedSplits = 128;
 // Key of a proposal outside a population. No real key takes this value: it would be the key
 // of a NaN, and neither population holds NaN (max_iou is never NaN, errors must be finite).
 constexpr uint32_t kNotInPopulation = 0xFFFFFFFFu;
-
-// How the 0-dim threshold tensor is stored; it is read on the device in its own dtype, so
-// no conversion kernel runs on the host side.
-enum ScalarCode : int { kCodeFloat = 0, kCodeDouble = 1, kCodeHalf = 2, kCodeBFloat16 = 3 };
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t load_scalar(const void* ptr, int code) {
-  switch (code) {
-    case kCodeDouble:
-      return static_cast<acc_t>(*static_cast<const double*>(ptr));
-    case kCodeHalf:
-      return static_cast<acc_t>(static_cast<float>(*static_cast<const c10::Half*>(ptr)));
-    case kCodeBFloat16:
-      return static_cast<acc_t>(static_cast<float>(*static_cast<const c10::BFloat16*>(ptr)));
-    default:
-      return static_cast<acc_t>(*static_cast<const float*>(ptr));
-  }
-}
 
 // Monotone map float -> uint32: a < b (as floats, -0 < +0) iff key(a) < key(b).
 __device__ __forceinline__ uint32_t ordered_key(float v) {
@@ -331,19 +314,6 @@ __global__ void __launch_bounds__(kThreads) dynamic_match_kernel(
       kth_iou[s] = found[0] ? key_to_float(~key[0]) : nan;
       kth_err[s] = found[1] ? key_to_float(key[1]) : nan;
     }
-  }
-}
-
-int scalar_code(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::ScalarType::Double:
-      return kCodeDouble;
-    case at::ScalarType::Half:
-      return kCodeHalf;
-    case at::ScalarType::BFloat16:
-      return kCodeBFloat16;
-    default:
-      return kCodeFloat;
   }
 }
 

@@ -25,6 +25,7 @@
 
 #include "ops/box_math.h"
 #include "ops/checks.h"
+#include "ops/cuda/scalar_load.cuh"
 
 namespace dynrcnn {
 namespace ops {
@@ -39,37 +40,6 @@ constexpr int64_t kBlocksPerSM = 8;
 constexpr int64_t kMaxReduceBlocks = 1024;
 
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
-// How the 0-dim beta tensor is stored; it is read on the device in its own dtype and
-// converted there to acc_t (as the reference's beta.to(acc)), so no conversion kernel runs.
-enum ScalarCode : int { kCodeFloat = 0, kCodeDouble = 1, kCodeHalf = 2, kCodeBFloat16 = 3 };
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t load_scalar(const void* ptr, int code) {
-  switch (code) {
-    case kCodeDouble:
-      return static_cast<acc_t>(*static_cast<const double*>(ptr));
-    case kCodeHalf:
-      return static_cast<acc_t>(static_cast<float>(*static_cast<const c10::Half*>(ptr)));
-    case kCodeBFloat16:
-      return static_cast<acc_t>(static_cast<float>(*static_cast<const c10::BFloat16*>(ptr)));
-    default:
-      return static_cast<acc_t>(*static_cast<const float*>(ptr));
-  }
-}
-
-int scalar_code(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::ScalarType::Double:
-      return kCodeDouble;
-    case at::ScalarType::Half:
-      return kCodeHalf;
-    case at::ScalarType::BFloat16:
-      return kCodeBFloat16;
-    default:
-      return kCodeFloat;
-  }
-}
 
 // Sum over the block in a fixed order; the result is valid in thread 0. Uses warp_buf
 // (kWarps entries); callers separate two calls with a __syncthreads().

@@ -217,36 +217,53 @@ def cmd_make_synthetic(argv: List[str]) -> int:
 # --------------------------------------------------------------------------- demo
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The embedded default job: synthetic data, a short Dynamic R-CNN training run on the
-    small backbone, evaluation, curves; the AP table is printed last."""
-    import time
-
+def ensure_synthetic_data(data_dir: str, num_train: int, num_val: int, image_size: int) -> None:
+    """Write the synthetic set into data_dir unless it is there already."""
     from dynrcnn.data import make_synthetic_coco
-    from dynrcnn.engine import TrainConfig, format_metrics_table, train
+
+    if not os.path.isfile(os.path.join(data_dir, "annotations", "instances_val.json")):
+        _print(f"writing the synthetic data set to {data_dir}")
+        make_synthetic_coco(data_dir, num_train=num_train, num_val=num_val,
+                            image_size=(image_size, image_size), seed=0)
+
+
+def small_cpu_config(data_dir: str, out_dir: str, arch: str = "dynamic_rcnn",
+                     iterations: int = 1200, interval: int = 20, image_size: int = 256,
+                     resume: bool = False, seed: int = 0,
+                     dynamic: Optional[Dict[str, Any]] = None) -> Any:
+    """The TrainConfig of the CPU demo and of the small-scale ablation: tiny_fpn backbone,
+    batch 4, lr 0.02 with gradient clipping, the 1x schedule's decays at 8/12 and 11/12."""
+    from dynrcnn.engine import TrainConfig
     from dynrcnn.engine.config import config_from_dict
 
-    start = time.perf_counter()
-    data_dir = args.data
-    if not os.path.isfile(os.path.join(data_dir, "annotations", "instances_val.json")):
-        _print(f"demo: writing the synthetic data set to {data_dir}")
-        make_synthetic_coco(data_dir, num_train=args.num_train, num_val=args.num_val,
-                            image_size=(args.image_size, args.image_size), seed=0)
-    config = config_from_dict(TrainConfig, {
-        "data_dir": data_dir, "arch": args.arch, "backbone": "tiny_fpn",
-        "min_size": args.image_size, "max_size": args.image_size,
-        "out_dir": args.out, "iterations": args.iterations, "batch_size": 4,
+    return config_from_dict(TrainConfig, {
+        "data_dir": data_dir, "arch": arch, "backbone": "tiny_fpn",
+        "min_size": image_size, "max_size": image_size,
+        "out_dir": out_dir, "iterations": iterations, "batch_size": 4,
         "lr": 0.02, "lr_reference_batch": 4, "grad_clip": 10.0,
-        "warmup_iters": min(100, args.iterations // 10),
-        "checkpoint_period": max(1, args.iterations // 4), "log_period": 10,
-        "eval_period": args.iterations, "num_workers": 0, "resume": args.resume,
+        "warmup_iters": min(100, iterations // 10),
+        "checkpoint_period": max(1, iterations // 4), "log_period": 10,
+        "eval_period": iterations, "num_workers": 0, "resume": resume, "seed": seed,
         # A 2-core CPU budget: 300 proposals and 128 sampled RoIs per image instead of
         # 2000 / 512, so KI and Kbeta shrink in proportion (the paper's 75 and 10 at 2000).
         "model_kwargs": {"rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
                          "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 300,
                          "box_batch_size_per_image": 128, "rpn_batch_size_per_image": 128},
-        "dynamic": {"interval": args.interval, "k_iou": 15, "k_err": 4},
+        "dynamic": {"interval": interval, "k_iou": 15, "k_err": 4, **(dynamic or {})},
     })
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default job: synthetic data, a short Dynamic R-CNN training run on the
+    small backbone, evaluation, curves; the AP table is printed last."""
+    import time
+
+    from dynrcnn.engine import format_metrics_table, train
+
+    start = time.perf_counter()
+    ensure_synthetic_data(args.data, args.num_train, args.num_val, args.image_size)
+    config = small_cpu_config(args.data, args.out, args.arch, args.iterations, args.interval,
+                              args.image_size, args.resume)
     summary = train(config)
     _print(_summary_text(summary))
     _print(f"demo: curves in {os.path.join(args.out, 'curves.png')}, log in "

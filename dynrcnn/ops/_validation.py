@@ -120,7 +120,8 @@ def check_weights(weights: Sequence[float]) -> list:
 
 
 def check_reduction(reduction: str) -> int:
-    codes = {"none": 0, "mean": 1, "sum": 2}
-    if reduction not in codes:
+    from dynrcnn.ops._reference import REDUCTIONS
+
+    if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    return codes[reduction]
+    return REDUCTIONS[reduction]

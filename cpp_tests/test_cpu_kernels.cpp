@@ -595,7 +595,17 @@ void test_dynamic_match() {
 }
 
 // ----------------------------------------------------------------------------------------
-// dynamic_smooth_l1 and its backward
+std::tuple<at::Tensor, at::Tensor> dynamic_smooth_l1_with_grad(
+    const at::Tensor& input, const at::Tensor& target, const at::Tensor& beta,
+    const std::optional<at::Tensor>& weight, int64_t reduction) {
+  static auto op = op_handle("dynrcnn::dynamic_smooth_l1_with_grad")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const std::optional<at::Tensor>&, int64_t)>();
+  return op.call(input, target, beta, weight, reduction);
+}
+
+// dynamic_smooth_l1, its backward, and the one-pass forward+backward
 
 const char* reduction_name(int64_t r) { return r == 0 ? "none" : r == 1 ? "mean" : "sum"; }
 
@@ -683,6 +693,23 @@ void check_smooth_l1(at::ScalarType dtype, const std::vector<int64_t>& shape, do
                               xv[i] - tv[i], ")"));
     }
     CHECK(bad == 0, c10::str(bad, " gradient elements differ from the naive loop"));
+
+    if (reduction == 0) continue;
+    // The one-pass kernel: the forward's loss and the backward's gradient (grad_output 1),
+    // bit for bit.
+    g_case = c10::str("dynamic_smooth_l1_with_grad ", dtype, " n=", n, " beta=", beta_value,
+                      weighted ? " weighted" : "", noncontiguous ? " non-contiguous" : "",
+                      " reduction=", reduction_name(reduction));
+    const auto [fused_loss, fused_grad] =
+        dynamic_smooth_l1_with_grad(tx, tt, beta, weight, reduction);
+    const auto unit_grad = dynamic_smooth_l1_backward(at::scalar_tensor(1.0, dtype), tx, tt,
+                                                      beta, weight, reduction);
+    CHECK(fused_loss.dim() == 0 && fused_grad.sizes() == tx.sizes(),
+          c10::str("shapes ", fused_loss.sizes(), " / ", fused_grad.sizes()));
+    CHECK(at::equal(fused_loss, loss) || (n == 0 && reduction == 1),
+          c10::str("loss ", fused_loss.to(at::kDouble).item<double>(), " vs forward ",
+                   loss.to(at::kDouble).item<double>()));
+    CHECK(at::equal(fused_grad, unit_grad), "gradient differs from the backward kernel's");
   }
 }
 
@@ -734,7 +761,8 @@ bool test_registration() {
   g_case = "registration";
   const int failures_before = g_failures;
   for (const char* name : {"dynrcnn::box_iou", "dynrcnn::dynamic_match", "dynrcnn::dynamic_smooth_l1",
-                           "dynrcnn::dynamic_smooth_l1_backward"}) {
+                           "dynrcnn::dynamic_smooth_l1_backward",
+                           "dynrcnn::dynamic_smooth_l1_with_grad"}) {
     const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
     CHECK(op.has_value(), c10::str(name, " has no schema: is libdynrcnn_ops loaded?"));
     if (op) CHECK(op->hasKernelForDispatchKey(c10::DispatchKey::CPU), c10::str(name, " has no CPU kernel"));

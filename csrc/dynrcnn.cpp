@@ -24,6 +24,11 @@ TORCH_LIBRARY(dynrcnn, m) {
   m.def(
       "dynamic_smooth_l1(Tensor input, Tensor target, Tensor beta, Tensor? weight, "
       "int reduction) -> Tensor");
+  // Forward and backward fused for a reduced loss (reduction 1 or 2): the loss and its
+  // gradient with respect to input for grad_output = 1, from one pass over the inputs.
+  m.def(
+      "dynamic_smooth_l1_with_grad(Tensor input, Tensor target, Tensor beta, Tensor? weight, "
+      "int reduction) -> (Tensor loss, Tensor grad)");
   m.def(
       "dynamic_smooth_l1_backward(Tensor grad_output, Tensor input, Tensor target, "
       "Tensor beta, Tensor? weight, int reduction) -> Tensor");

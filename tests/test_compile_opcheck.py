@@ -102,6 +102,15 @@ def test_opcheck_dynamic_smooth_l1_backward(device, reduction, weighted):
              (grad, x, t, beta, w, reduction))
 
 
+@pytest.mark.parametrize("reduction", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_dynamic_smooth_l1_with_grad(reduction, weighted, dtype):
+    x, t, w = _loss_args("cpu", dtype, requires_grad=False, weighted=weighted)
+    beta = torch.tensor(0.3)
+    _opcheck(torch.ops.dynrcnn.dynamic_smooth_l1_with_grad.default, (x, t, beta, w, reduction))
+
+
 def test_autograd_matches_function_class(device):
     """The backward registered on the op and DynamicSmoothL1Function give the same grads."""
     from dynrcnn.ops import DynamicSmoothL1Function

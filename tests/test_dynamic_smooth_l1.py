@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_extension
 from helpers import generator
 
 from dynrcnn.ops import _reference, dynamic_smooth_l1
@@ -304,3 +305,77 @@ def test_sum_is_deterministic(device, dtype, weighted):
     assert torch.isfinite(first["sum"])
     rtol = 1e-3 if dtype == torch.float16 else 1e-5
     torch.testing.assert_close(first["sum"].cpu().float(), ref.float(), rtol=rtol, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# the one-pass forward+backward kernel (dynamic_smooth_l1_with_grad, CPU)
+
+
+def _with_grad(x, t, b, w, reduction):
+    code = {"mean": 1, "sum": 2}[reduction]
+    return torch.ops.dynrcnn.dynamic_smooth_l1_with_grad(x, t, b, w, code)
+
+
+@requires_extension
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("beta", [0.11, 0.0])
+def test_with_grad_has_the_bits_of_forward_and_backward(seed, reduction, weighted, dtype, beta):
+    """Same loss bits as the forward kernel, same gradient bits as the backward kernel."""
+    # several 32768-element chunks and a ragged tail
+    x, t, w = make_inputs(seed, shape=(2 * 32768 + 77,), dtype=dtype, spread=0.05)
+    w = w if weighted else None
+    b = torch.tensor(beta)
+    code = {"mean": 1, "sum": 2}[reduction]
+    loss, grad = _with_grad(x, t, b, w, reduction)
+    want_loss = torch.ops.dynrcnn.dynamic_smooth_l1(x, t, b, w, code)
+    want_grad = torch.ops.dynrcnn.dynamic_smooth_l1_backward(
+        torch.tensor(1.0, dtype=dtype), x, t, b, w, code)
+    assert loss.dtype == dtype and grad.dtype == dtype and grad.shape == x.shape
+    assert torch.equal(loss, want_loss)
+    assert torch.equal(grad, want_grad)
+    ref = _reference.dynamic_smooth_l1(x.double(), t.double(), b.double(),
+                                       None if w is None else w.double(), reduction)
+    torch.testing.assert_close(loss.double(), ref, **_tol(dtype, reduction))
+
+
+@requires_extension
+def test_with_grad_empty_and_bad_reduction():
+    x = torch.zeros(0, 4)
+    loss, grad = _with_grad(x, x, torch.tensor(1.0), None, "sum")
+    assert loss.item() == 0.0 and grad.shape == (0, 4)
+    loss, _ = _with_grad(x, x, torch.tensor(1.0), None, "mean")
+    assert math.isnan(loss.item())
+    with pytest.raises(RuntimeError, match="reduction must be 1 \\(mean\\) or 2 \\(sum\\)"):
+        torch.ops.dynrcnn.dynamic_smooth_l1_with_grad(x, x, torch.tensor(1.0), None, 0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_backward_twice_with_retain_graph(device, reduction):
+    """The first backward takes the gradient made in the forward pass; a second one (the
+    graph retained) recomputes it: both equal the reference, and they accumulate."""
+    x, t, w = make_inputs(11, device=device)
+    b = torch.tensor(0.3, device=device)
+    xg = x.clone().requires_grad_()
+    loss = dynamic_smooth_l1(xg, t, b, w, reduction)
+    (g1,) = torch.autograd.grad(loss, xg, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, xg, torch.tensor(2.0, device=device), retain_graph=True)
+    loss.backward()
+    xr = x.cpu().clone().requires_grad_()
+    _reference.dynamic_smooth_l1(xr, t.cpu(), b.cpu(), w.cpu(), reduction).backward()
+    torch.testing.assert_close(g1.cpu(), xr.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(g2.cpu(), 2 * xr.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(xg.grad, g1, rtol=0, atol=0)
+
+
+def test_no_gradient_work_without_grad(device):
+    """Under no_grad (or inputs without requires_grad) the loss is the forward kernel's."""
+    x, t, w = make_inputs(12, device=device)
+    b = torch.tensor(0.3, device=device)
+    with torch.no_grad():
+        a = dynamic_smooth_l1(x.clone().requires_grad_(), t, b, w, "sum")
+    c = dynamic_smooth_l1(x, t, b, w, "sum")
+    d = dynamic_smooth_l1(x.clone().requires_grad_(), t, b, w, "sum")
+    assert a.grad_fn is None and c.grad_fn is None and d.grad_fn is not None
+    assert torch.equal(a, c) and torch.equal(c, d.detach())

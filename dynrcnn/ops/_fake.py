@@ -37,6 +37,12 @@ def _dynamic_smooth_l1_fake(input: Tensor, target: Tensor, beta: Tensor,
     return input.new_empty(())
 
 
+@torch.library.register_fake("dynrcnn::dynamic_smooth_l1_with_grad")
+def _dynamic_smooth_l1_with_grad_fake(input: Tensor, target: Tensor, beta: Tensor,
+                                      weight: Optional[Tensor], reduction: int):
+    return input.new_empty(()), torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("dynrcnn::dynamic_smooth_l1_backward")
 def _dynamic_smooth_l1_backward_fake(grad_output: Tensor, input: Tensor, target: Tensor,
                                      beta: Tensor, weight: Optional[Tensor],

@@ -30,8 +30,13 @@ stay close to these shared weights during the run (the step's cost does not depe
 
 Timing: after warm-up rounds, every repetition runs each architecture's train step once
 (round-robin, the order reversed every other repetition, so that machine drift hits all
-of them equally), then each one's inference likewise; medians are reported. CUDA times come
-from events, synchronized before and after.
+of them equally), then each one's inference likewise; medians are reported, and ratios
+are medians of the per-round ratios (paired, so drift between rounds cancels) with a 95%
+confidence interval. CUDA times come from events, synchronized before and after.
+
+Second stage: the code where Dynamic and Faster R-CNN differ in training (labelling and
+sampling the RoIs, the box losses forward + backward) is also timed alone, on identical
+proposals and head outputs: the cost of DLA + DSL without the data-dependent rest.
 
     python benchmarks/bench_detectors.py --device cpu
     python benchmarks/bench_detectors.py --device cuda --reps 30
@@ -53,7 +58,6 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -68,6 +72,10 @@ except ImportError:  # a source checkout that is not pip-installed: use the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from dynrcnn.modeling import build_detector
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Candidate, round_robin, time_once  # noqa: E402
+
 SEED = 0
 GT_PER_IMAGE = 5
 ASPECT = 4 / 3  # image width / height (COCO's typical 640x480)
@@ -75,6 +83,7 @@ MAX_TO_MIN = 1333 / 800  # torchvision's max_size / min_size
 LR, MOMENTUM, WEIGHT_DECAY = 1e-4, 0.9, 1e-4
 BASELINE_NMS = 0.7  # torchvision's RPN NMS (Faster R-CNN); the dynamic variants default 0.85
 MEM_SAMPLES = 2
+STAGE_REPS_FACTOR = 5  # the second-stage code is ~1% of a step: more rounds, still cheap
 MiB = float(1 << 20)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 Targets = List[Dict[str, Tensor]]
@@ -276,42 +285,6 @@ def infer(s: Subject, image: Tensor) -> List[Dict[str, Tensor]]:
 # ----------------------------------------------------------------------------- timing
 
 
-@dataclass
-class Candidate:
-    """`run` is timed; `prepare` runs untimed before it."""
-
-    run: Callable[[], object]
-    prepare: Callable[[], object]
-
-
-def time_once(cand: Candidate, device: torch.device) -> float:
-    """Seconds of one `cand.run()` (CUDA: events, synchronized before and after)."""
-    cand.prepare()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        cand.run()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    cand.run()
-    return time.perf_counter() - t0
-
-
-def round_robin(cands: List[Candidate], reverse: bool, device: torch.device) -> List[float]:
-    """One sample per candidate, in list order or reversed; returned in list order."""
-    order = list(range(len(cands)))
-    if reverse:
-        order.reverse()
-    out = [0.0] * len(cands)
-    for i in order:
-        out[i] = time_once(cands[i], device)
-    return out
-
-
 def candidates(subjects: List[Subject], images: List[Tensor],
                targets: Targets) -> Tuple[List[Candidate], List[Candidate]]:
     """(train, inference) candidates of every subject."""
@@ -345,6 +318,116 @@ def time_all(subjects: List[Subject], images: List[Tensor], targets: Targets, re
         print(f"  {'warm-up' if rep < 0 else 'rep'} {rep + 1 if rep >= 0 else -rep}: "
               f"train {sum(t):.2f} s, infer {sum(i):.2f} s", file=sys.stderr, flush=True)
     return train_s, infer_s
+
+
+# ----------------------------------------------------------------------------- second stage
+
+
+@dataclass
+class StageCost:
+    """Median times of the only training code where Dynamic and Faster R-CNN differ, on
+    identical inputs: labelling + sampling + encoding the RoIs (select_training_samples)
+    and the box-head losses forward + backward."""
+
+    name: str
+    select_ms: float
+    loss_ms: float
+    select_samples_ms: List[float] = field(default_factory=list)
+    loss_samples_ms: List[float] = field(default_factory=list)
+
+
+def rpn_training_inputs(s: Subject, images: List[Tensor],
+                        targets: Targets) -> Tuple[List[Tensor], Targets]:
+    """The RPN's training proposals and the resized targets, as the RoI heads receive them."""
+    model = s.model
+    model.train()
+    with torch.no_grad():
+        batch, resized = model.transform(images, [dict(t) for t in targets])
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features, resized)
+    return [p.detach() for p in proposals], resized
+
+
+def box_loss_step(s: Subject, labels: List[Tensor], regression_targets: List[Tensor],
+                  logits: Tensor, deltas: Tensor) -> None:
+    """The architecture's box-head losses (classification + box) forward and backward."""
+    from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+    from dynrcnn.modeling.dynamic_roi_heads import DynamicRoIHeads, dynamic_fastrcnn_loss
+
+    heads = s.model.roi_heads
+    logits.grad, deltas.grad = None, None
+    if isinstance(heads, DynamicRoIHeads):
+        cls, box = dynamic_fastrcnn_loss(logits, deltas, labels, regression_targets,
+                                         heads.dynamic_state.beta)
+    else:
+        cls, box = fastrcnn_loss(logits, deltas, labels, regression_targets)
+    (cls + box).backward()
+
+
+def second_stage_costs(subjects: List[Subject], images: List[Tensor], targets: Targets,
+                       reps: int, device: torch.device) -> List[StageCost]:
+    """faster_rcnn against dynamic_rcnn with the same RPN NMS, on the same proposals (made by
+    faster_rcnn's RPN) and the same head outputs: what DLA + DSL cost per step without the
+    data-dependent rest of the step (which RoIs get sampled changes RoIAlign's backward).
+    Runs after the step timing: recording statistics moves the dynamic model's T."""
+    by_name = {s.variant.name: s for s in subjects}
+    pair = [by_name.get("faster_rcnn"), by_name.get(f"dynamic_rcnn (rpn nms {BASELINE_NMS})")]
+    if pair[0] is None or pair[1] is None:
+        return []
+    proposals, resized = rpn_training_inputs(pair[0], images, targets)
+    gen = torch.Generator().manual_seed(SEED)
+    costs = []
+    cands: List[Tuple[Candidate, Candidate]] = []
+    for s in pair:
+        heads = s.model.roi_heads
+        _, _, labels, reg = heads.select_training_samples(list(proposals), resized)
+        n = sum(lab.shape[0] for lab in labels)
+        num_classes = heads.box_predictor.cls_score.out_features
+        logits = torch.randn(n, num_classes, generator=gen).to(device).requires_grad_()
+        deltas = torch.randn(n, 4 * num_classes, generator=gen).to(device).requires_grad_()
+
+        def select(heads: nn.Module = heads) -> None:
+            heads.select_training_samples(list(proposals), resized)
+
+        def loss(s: Subject = s, labels: List[Tensor] = labels, reg: List[Tensor] = reg,
+                 logits: Tensor = logits, deltas: Tensor = deltas) -> None:
+            box_loss_step(s, labels, reg, logits, deltas)
+
+        cands.append((Candidate(select), Candidate(loss)))
+        costs.append(StageCost(s.variant.name, math.nan, math.nan))
+    for rep in range(-2, reps):
+        for k in (range(2) if rep % 2 == 0 else range(1, -1, -1)):
+            t_sel = time_once(cands[k][0], device)
+            t_loss = time_once(cands[k][1], device)
+            if rep >= 0:
+                costs[k].select_samples_ms.append(t_sel * 1e3)
+                costs[k].loss_samples_ms.append(t_loss * 1e3)
+    for c in costs:
+        c.select_ms = statistics.median(c.select_samples_ms)
+        c.loss_ms = statistics.median(c.loss_samples_ms)
+    return costs
+
+
+def stage_cost_table(costs: List[StageCost], rows: List[Row]) -> str:
+    """Markdown: per architecture, the second-stage training costs and their share of
+    faster_rcnn's median train step."""
+    if not costs:
+        return ""
+    step_ms = {r.name: r.train_median_s * 1e3 for r in rows}["faster_rcnn"]
+    head = ["arch", "select_training_samples (ms)", "box losses fwd+bwd (ms)", "sum (ms)",
+            "share of faster_rcnn's step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in costs:
+        total = c.select_ms + c.loss_ms
+        lines.append(f"| {c.name} | {c.select_ms:.3f} | {c.loss_ms:.3f} | {total:.3f} | "
+                     f"{100 * total / step_ms:.2f}% |")
+    extra = (costs[1].select_ms + costs[1].loss_ms) - (costs[0].select_ms + costs[0].loss_ms)
+    lines.append("")
+    lines.append(f"Dynamic minus Faster: {extra:+.3f} ms per step = "
+                 f"{100 * extra / step_ms:+.2f}% of faster_rcnn's {step_ms:.1f} ms step "
+                 "(the cost of DLA + DSL themselves; negative = cheaper).")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -438,8 +521,10 @@ class Row:
     train_median_s: float
     infer_median_s: float
     infer_images_per_s: float
-    train_ratio: float = math.nan  # train median / baseline's
-    infer_ratio: float = math.nan  # images/s / baseline's
+    train_ratio: float = math.nan  # median over rounds of train time / baseline's
+    infer_ratio: float = math.nan  # median over rounds of images/s / baseline's
+    train_ratio_ci: Tuple[float, float] = (math.nan, math.nan)  # 95% CI of train_ratio
+    infer_ratio_ci: Tuple[float, float] = (math.nan, math.nan)
     peak_train_bytes: Optional[int] = None
     peak_infer_bytes: Optional[int] = None
     detections_per_image: int = 0
@@ -449,6 +534,31 @@ class Row:
     infer_samples_s: List[float] = field(default_factory=list)
     peak_train_samples_bytes: List[int] = field(default_factory=list)
     peak_infer_samples_bytes: List[int] = field(default_factory=list)
+
+
+def median_ci(values: List[float], level: float = 0.95) -> Tuple[float, float, float]:
+    """(median, low, high): a distribution-free confidence interval for the median from the
+    order statistics (the ranks where Binomial(n, 1/2) covers `level`); (m, m, m) below 6
+    samples, where no such interval exists at 95%."""
+    xs = sorted(values)
+    n, med = len(xs), statistics.median(xs)
+    lo_rank = 0
+    # largest j with P(B <= j - 1) <= (1 - level) / 2, B ~ Binomial(n, 1/2)
+    cdf, alpha = 0.0, (1.0 - level) / 2.0
+    for j in range(n):
+        cdf += math.comb(n, j) / 2.0 ** n
+        if cdf > alpha:
+            lo_rank = j
+            break
+    if lo_rank == 0:
+        return med, med, med
+    return med, xs[lo_rank - 1], xs[n - lo_rank]
+
+
+def paired_ratios(num: List[float], den: List[float]) -> List[float]:
+    """Per-round ratios of two series timed in the same rounds: machine-speed drift between
+    rounds (large on a shared VM) cancels, which a ratio of two medians does not do."""
+    return [a / b for a, b in zip(num, den)]
 
 
 def rpn_nms(model: nn.Module) -> float:
@@ -471,8 +581,12 @@ def make_rows(subjects: List[Subject], train_s: List[List[float]], infer_s: List
     by_name = {r.name: r for r in rows}
     for r in rows:
         base = by_name[r.baseline]
-        r.train_ratio = r.train_median_s / base.train_median_s
-        r.infer_ratio = r.infer_images_per_s / base.infer_images_per_s
+        r.train_ratio, *train_ci = median_ci(paired_ratios(r.train_samples_s,
+                                                           base.train_samples_s))
+        r.infer_ratio, *infer_ci = median_ci(paired_ratios(base.infer_samples_s,
+                                                           r.infer_samples_s))
+        r.train_ratio_ci, r.infer_ratio_ci = (train_ci[0], train_ci[1]), (infer_ci[0],
+                                                                          infer_ci[1])
     return rows
 
 
@@ -480,7 +594,8 @@ def summary_values(rows: List[Row]) -> Tuple[float, float]:
     """(dynamic_rcnn images/s / cascade_rcnn images/s, train step of dynamic_rcnn with the
     baseline's RPN NMS / faster_rcnn's)."""
     by_name = {r.name: r for r in rows}
-    x = by_name["dynamic_rcnn"].infer_images_per_s / by_name["cascade_rcnn"].infer_images_per_s
+    dyn, cascade = by_name["dynamic_rcnn"], by_name["cascade_rcnn"]
+    x = statistics.median(paired_ratios(cascade.infer_samples_s, dyn.infer_samples_s))
     y = by_name[f"dynamic_rcnn (rpn nms {BASELINE_NMS})"].train_ratio
     return x, y
 
@@ -498,12 +613,18 @@ def fmt_mib(n: Optional[int]) -> str:
 
 
 def markdown_table(rows: List[Row]) -> str:
-    head = ["arch", "rpn nms", "train step (ms)", "ratio to Faster †", "infer img/s",
-            "ratio to Faster †", "peak mem train / infer (MiB)", "dets/img"]
+    head = ["arch", "rpn nms", "train step (ms)", "ratio to Faster † [95% CI]",
+            "infer img/s", "ratio to Faster † [95% CI]", "peak mem train / infer (MiB)",
+            "dets/img"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ratio(value: float, ci: Tuple[float, float]) -> str:
+        return f"{value:.3f}x [{ci[0]:.3f}, {ci[1]:.3f}]"
+
     for r in rows:
         cells = [r.name, f"{r.rpn_nms_thresh:g}", f"{r.train_median_s * 1e3:.1f}",
-                 f"{r.train_ratio:.3f}x", f"{r.infer_images_per_s:.2f}", f"{r.infer_ratio:.3f}x",
+                 ratio(r.train_ratio, r.train_ratio_ci), f"{r.infer_images_per_s:.2f}",
+                 ratio(r.infer_ratio, r.infer_ratio_ci),
                  f"{fmt_mib(r.peak_train_bytes)} / {fmt_mib(r.peak_infer_bytes)}",
                  str(r.detections_per_image)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -563,7 +684,9 @@ def notes(rows: List[Row], mem_reason: str, device: torch.device) -> str:
     lines = [
         "† Ratios are to faster_rcnn; the mask rows' are to mask_rcnn. Train ratio = train "
         "step time / baseline's (above 1 = slower); infer ratio = images/s / baseline's "
-        "(below 1 = slower).",
+        "(below 1 = slower). Each is the median over rounds of the ratio within a round "
+        "(paired: drift of the machine's speed between rounds cancels), with a "
+        "distribution-free 95% confidence interval of that median.",
         f"- Peak memory: {mem}, plus the model's parameters, buffers and optimizer state; "
         f"max of {MEM_SAMPLES} samples." + (f" n/a: {mem_reason}." if mem_reason else ""),
         f"- dynamic_vs_faster_train_ratio = {y:.3f}: dynamic_rcnn with the baseline's RPN NMS "
@@ -585,7 +708,8 @@ def notes(rows: List[Row], mem_reason: str, device: torch.device) -> str:
 
 
 def markdown_report(env: Dict[str, object], cfg: Dict[str, object], rows: List[Row],
-                    mem_reason: str, device: torch.device) -> str:
+                    mem_reason: str, device: torch.device,
+                    costs: Optional[List[StageCost]] = None) -> str:
     title = f"# dynrcnn detector benchmark ({env['device']})"
     meta = "\n".join(f"- {k}: `{v}`" for k, v in {**env, **cfg}.items())
     method = ("Medians of interleaved repetitions after warm-up: every repetition runs each "
@@ -593,8 +717,18 @@ def markdown_report(env: Dict[str, object], cfg: Dict[str, object], rows: List[R
               f"{cfg['train batch']}) round-robin, then each one's batch-1 inference, the "
               "order reversed every other repetition. Same backbone, input and shared "
               "weights for all rows.")
+    stage = ""
+    if costs:
+        stage = ("\n## The second stage's training code alone\n\n"
+                 "select_training_samples and the box losses (forward + backward) of "
+                 "faster_rcnn and of dynamic_rcnn with the same RPN NMS, on the same "
+                 "proposals (faster_rcnn's RPN) and the same head outputs, interleaved, "
+                 f"{len(costs[0].select_samples_ms)} rounds, medians. This is where the two "
+                 "differ in training; the whole-step ratio above also carries the "
+                 "data-dependent cost of which RoIs are sampled.\n\n"
+                 f"{stage_cost_table(costs, rows)}\n")
     return (f"{title}\n\n{meta}\n\n{method}\n\n{markdown_table(rows)}\n\n"
-            f"{notes(rows, mem_reason, device)}\n")
+            f"{notes(rows, mem_reason, device)}\n{stage}")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -630,7 +764,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, default=None,
                    help="box_score_thresh for every model (default torchvision's 0.05)")
     p.add_argument("--reps", type=positive_int, default=None,
-                   help="timed rounds (default 11 on cpu, 30 on cuda; 2 with --quick)")
+                   help="timed rounds (default 41 on cpu, 30 on cuda; 2 with --quick): a shared "
+                        "CPU machine's noise needs many for a 3%%-wide ratio")
     p.add_argument("--warmup", type=non_negative_int, default=None,
                    help="untimed rounds first (default 2 on cpu, 5 on cuda; 1 with --quick)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -651,7 +786,7 @@ def resolve_defaults(args: argparse.Namespace) -> None:
     args.backbone = args.backbone or ("resnet50_fpn" if cuda else "tiny_fpn")
     args.size = args.size or (800 if cuda else 320)
     if args.reps is None:
-        args.reps = 2 if args.quick else (30 if cuda else 11)
+        args.reps = 2 if args.quick else (30 if cuda else 41)
     if args.warmup is None:
         args.warmup = 1 if args.quick else (5 if cuda else 2)
     stem = f"detectors_{args.device}" + ("_quick" if args.quick else "")
@@ -674,8 +809,10 @@ def build_subjects(args: argparse.Namespace, trunk: Optional[Path],
     return subjects
 
 
-def run(args: argparse.Namespace, device: torch.device) -> Tuple[List[Row], str]:
-    """Build, check, time and measure; returns the rows and why memory is n/a (or "")."""
+def run(args: argparse.Namespace,
+        device: torch.device) -> Tuple[List[Row], str, List[StageCost]]:
+    """Build, check, time and measure; returns the rows, why memory is n/a (or "") and the
+    second-stage costs."""
     with tempfile.TemporaryDirectory() as tmp:
         trunk = frozen_trunk_file(args.backbone, Path(tmp))
         subjects = build_subjects(args, trunk, device)
@@ -687,7 +824,11 @@ def run(args: argparse.Namespace, device: torch.device) -> Tuple[List[Row], str]
           file=sys.stderr, flush=True)
     train_s, infer_s = time_all(subjects, images, targets, args.reps, args.warmup, device)
     mem = measure_memory(subjects, images, targets, device)
-    return make_rows(subjects, train_s, infer_s, mem), mem[2]
+    print("timing the second stage's training code on identical inputs", file=sys.stderr,
+          flush=True)
+    costs = second_stage_costs(subjects, images, targets, STAGE_REPS_FACTOR * args.reps,
+                               device)
+    return make_rows(subjects, train_s, infer_s, mem), mem[2], costs
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -701,16 +842,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     try:
-        rows, mem_reason = run(args, device)
+        rows, mem_reason, costs = run(args, device)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     env, cfg = environment(device, command), config(args)
     summary = summary_line(rows)
     payload = {"environment": env, "config": cfg, "summary": summary,
-               "memory_unavailable": mem_reason or None, "rows": [asdict(r) for r in rows]}
-    write_outputs(args, payload, markdown_report(env, cfg, rows, mem_reason, device))
+               "memory_unavailable": mem_reason or None, "rows": [asdict(r) for r in rows],
+               "second_stage": [asdict(c) for c in costs]}
+    write_outputs(args, payload, markdown_report(env, cfg, rows, mem_reason, device, costs))
     print(markdown_table(rows))
+    if costs:
+        print("\n" + stage_cost_table(costs, rows))
     print(f"\nwrote {args.markdown} and {args.json}")
     print(summary)
     return 0

@@ -27,7 +27,6 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +44,10 @@ except ImportError:  # a source checkout that is not pip-installed: use the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import dynrcnn.ops as dops
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Candidate, time_interleaved  # noqa: E402
+
 IMAGE_H, IMAGE_W = 800, 1333
 PROPOSALS_PER_IMAGE = 2000
 K_IOU_PER_IMAGE, K_ERR_PER_IMAGE = 75, 10
@@ -60,48 +63,6 @@ class BenchmarkError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- timing
-
-
-@dataclass
-class Candidate:
-    """One side of a comparison: `run` is timed, `prepare` (if any) runs untimed before it."""
-
-    run: Callable[[], object]
-    prepare: Optional[Callable[[], None]] = None
-
-
-def time_once(cand: Candidate, device: torch.device) -> float:
-    """Seconds of one call of `cand.run` (CUDA: events, synchronized before and after)."""
-    if cand.prepare is not None:
-        cand.prepare()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        cand.run()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    cand.run()
-    return time.perf_counter() - t0
-
-
-def time_interleaved(cands: list[Candidate], reps: int, warmup: int,
-                     device: torch.device) -> list[list[float]]:
-    """Per-candidate samples; after `warmup` rounds, rounds alternate the candidates' order."""
-    for _ in range(warmup):
-        for cand in cands:
-            time_once(cand, device)
-    samples: list[list[float]] = [[] for _ in cands]
-    for rep in range(reps):
-        order = list(range(len(cands)))
-        if rep % 2:
-            order.reverse()
-        for i in order:
-            samples[i].append(time_once(cands[i], device))
-    return samples
 
 
 def count_host_syncs(cand: Candidate, device: torch.device) -> Optional[int]:

@@ -230,9 +230,11 @@ def ensure_synthetic_data(data_dir: str, num_train: int, num_val: int, image_siz
 def small_cpu_config(data_dir: str, out_dir: str, arch: str = "dynamic_rcnn",
                      iterations: int = 1200, interval: int = 20, image_size: int = 256,
                      resume: bool = False, seed: int = 0,
-                     dynamic: Optional[Dict[str, Any]] = None) -> Any:
+                     dynamic: Optional[Dict[str, Any]] = None,
+                     model_kwargs: Optional[Dict[str, Any]] = None) -> Any:
     """The TrainConfig of the CPU demo and of the small-scale ablation: tiny_fpn backbone,
-    batch 4, lr 0.02 with gradient clipping, the 1x schedule's decays at 8/12 and 11/12."""
+    batch 4, lr 0.02 with gradient clipping, the 1x schedule's decays at 8/12 and 11/12.
+    `model_kwargs` are added to (or override) the detector arguments below."""
     from dynrcnn.engine import TrainConfig
     from dynrcnn.engine.config import config_from_dict
 
@@ -248,7 +250,8 @@ def small_cpu_config(data_dir: str, out_dir: str, arch: str = "dynamic_rcnn",
         # 2000 / 512, so KI and Kbeta shrink in proportion (the paper's 75 and 10 at 2000).
         "model_kwargs": {"rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
                          "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 300,
-                         "box_batch_size_per_image": 128, "rpn_batch_size_per_image": 128},
+                         "box_batch_size_per_image": 128, "rpn_batch_size_per_image": 128,
+                         **(model_kwargs or {})},
         "dynamic": {"interval": interval, "k_iou": 15, "k_err": 4, **(dynamic or {})},
     })
 

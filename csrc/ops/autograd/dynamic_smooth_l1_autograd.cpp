@@ -102,7 +102,11 @@ class DynamicSmoothL1Autograd : public torch::autograd::Function<DynamicSmoothL1
     const int64_t reduction = ctx->saved_data["reduction"].toInt();
     at::Tensor grad_input;
     auto fused = ctx->saved_data.find("grad");
-    if (fused != ctx->saved_data.end() && fused->second.isTensor()) {
+    // Under create_graph (grad mode on in backward) the recomputing op is used: the ready
+    // gradient carries no graph back to input, and a silently zero second derivative
+    // would be worse than the error the backward op gives there.
+    if (fused != ctx->saved_data.end() && fused->second.isTensor() &&
+        !at::GradMode::is_enabled()) {
       // First backward: the gradient for grad_output = 1 is ready. Taken out of the
       // context so that a second backward (retain_graph=True) recomputes below.
       grad_input = fused->second.toTensor();

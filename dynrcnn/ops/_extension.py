@@ -19,22 +19,31 @@ def extension_available() -> bool:
     return _LOAD_ERROR is None
 
 
+_CUDA_COMPILED: bool | None = None
+
+
 def cuda_kernels_compiled() -> bool:
-    """True when the extension was built with the CUDA kernels."""
-    if not extension_available():
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("dynrcnn::box_iou", "CUDA")
+    """True when the extension was built with the CUDA kernels (asked once: every op call
+    passes here, and the answer cannot change once the library is loaded)."""
+    global _CUDA_COMPILED
+    if _CUDA_COMPILED is None:
+        _CUDA_COMPILED = extension_available() and bool(
+            torch._C._dispatch_has_kernel_for_dispatch_key("dynrcnn::box_iou", "CUDA"))
+    return _CUDA_COMPILED
 
 
 def use_kernels(device: torch.device) -> bool:
     """Whether the fused kernels serve tensors on `device` (else the pure-torch reference)."""
+    kind = device.type
+    if kind == "cpu" and _LOAD_ERROR is None:  # the common case, first
+        return True
     if not extension_available():
         _warn_fallback(f"the dynrcnn extension is not built ({_LOAD_ERROR})")
         return False
-    if device.type == "cuda" and not cuda_kernels_compiled():
+    if kind == "cuda" and not cuda_kernels_compiled():
         _warn_fallback("dynrcnn was built without CUDA kernels")
         return False
-    return device.type in ("cpu", "cuda")
+    return kind in ("cpu", "cuda")
 
 
 _warned = False

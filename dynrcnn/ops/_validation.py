@@ -14,6 +14,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from dynrcnn.ops._reference import REDUCTIONS
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -68,7 +70,7 @@ def as_scalar_tensor(name: str, value: Union[Tensor, float], like: Tensor) -> Te
             f"{name} is on {value.device} but the boxes are on {like.device}: keep it on the "
             "op's device (moving it every call would synchronize)"
         )
-    return value.reshape(())
+    return value if value.dim() == 0 else value.reshape(())
 
 
 def check_splits(name: str, splits: object, total: int, total_name: str,
@@ -120,8 +122,7 @@ def check_weights(weights: Sequence[float]) -> list:
 
 
 def check_reduction(reduction: str) -> int:
-    from dynrcnn.ops._reference import REDUCTIONS
-
-    if reduction not in REDUCTIONS:
+    code = REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
+    if code is None:
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-    return REDUCTIONS[reduction]
+    return code

@@ -379,3 +379,19 @@ def test_no_gradient_work_without_grad(device):
     d = dynamic_smooth_l1(x.clone().requires_grad_(), t, b, w, "sum")
     assert a.grad_fn is None and c.grad_fn is None and d.grad_fn is not None
     assert torch.equal(a, c) and torch.equal(c, d.detach())
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_nan_beta_gives_nan_loss_and_gradient(device, reduction):
+    """As the reference: a NaN beta is not silently read as L1 in backward."""
+    x = torch.tensor([0.1, -2.0, 0.0, 5.0], device=device)
+    t = torch.zeros(4, device=device)
+    b = torch.tensor(float("nan"), device=device)
+    xg = x.clone().requires_grad_()
+    loss = dynamic_smooth_l1(xg, t, b, reduction=reduction)
+    loss.sum().backward()
+    xr = x.cpu().clone().requires_grad_()
+    want = _reference.dynamic_smooth_l1(xr, t.cpu(), b.cpu(), reduction=reduction)
+    want.sum().backward()
+    assert loss.isnan().all() and want.isnan().all()
+    assert xg.grad.isnan().all() and xr.grad.isnan().all()

@@ -60,13 +60,15 @@ DYNRCNN_HOST_DEVICE T smooth_l1(T diff, T beta) {
   return beta <= T(1e-6) ? ad : smooth;
 }
 
-// d smooth_l1 / d diff.
+// d smooth_l1 / d diff. A NaN beta gives NaN, as the loss does (and as autograd of the
+// reference does): every comparison with NaN is false, which alone would give sign(diff).
 template <typename T>
 DYNRCNN_HOST_DEVICE T smooth_l1_grad(T diff, T beta) {
   const T sign = diff > T(0) ? T(1) : (diff < T(0) ? T(-1) : T(0));
   const T ad = diff < T(0) ? -diff : diff;
   const T smooth = ad < beta ? diff / beta : sign;
-  return beta <= T(1e-6) ? sign : smooth;
+  const T grad = beta <= T(1e-6) ? sign : smooth;
+  return beta == beta ? grad : beta;
 }
 
 }  // namespace dynrcnn

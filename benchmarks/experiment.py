@@ -18,6 +18,8 @@ Controls, run with --only (they are not part of the default set):
     baseline_nms07  baseline with RPN NMS 0.7: against faster, our heads vs torchvision's;
                     against baseline, what the paper's RPN NMS 0.85 does with 300 proposals
     dla_dsl_nms07   Dynamic R-CNN with RPN NMS 0.7
+    dla_nms07, dsl_nms07, dla_dsl_nms07_ki30
+                    DLA only, DSL only, and Dynamic R-CNN with KI = 30, at RPN NMS 0.7
 
 --seeds runs every variant once per seed (seed 0 in --out/<name>, seed s in
 --out/seed<s>/<name>) and adds the mean and standard deviation over seeds to the report.
@@ -55,6 +57,10 @@ CONTROLS: Dict[str, Dict[str, Any]] = {
     "faster": {"arch": "faster_rcnn", "dynamic": None},
     "baseline_nms07": {**VARIANTS["baseline"], "model": NMS07},
     "dla_dsl_nms07": {**VARIANTS["dla_dsl"], "model": NMS07},
+    "dla_nms07": {**VARIANTS["dla"], "model": NMS07},
+    "dsl_nms07": {**VARIANTS["dsl"], "model": NMS07},
+    # KI doubled: T follows the 30th instead of the 15th largest IoU per image (lower T)
+    "dla_dsl_nms07_ki30": {"arch": "dynamic_rcnn", "dynamic": {"k_iou": 30}, "model": NMS07},
 }
 ALL_RUNS = {**VARIANTS, **CONTROLS}
 

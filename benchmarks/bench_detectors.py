@@ -48,11 +48,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import datetime
 import gc
 import json
 import math
-import platform
 import re
 import shlex
 import statistics
@@ -74,7 +72,7 @@ except ImportError:  # a source checkout that is not pip-installed: use the repo
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere (tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Candidate, round_robin, time_once  # noqa: E402
+from _common import Candidate, environment, non_negative_int, positive_int, round_robin, time_once  # noqa: E402
 
 SEED = 0
 GT_PER_IMAGE = 5
@@ -631,30 +629,6 @@ def markdown_table(rows: List[Row]) -> str:
     return "\n".join(lines)
 
 
-def hardware_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device, command: str) -> Dict[str, object]:
-    return {
-        "device": device.type,
-        "hardware": hardware_name(device),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "threads": torch.get_num_threads(),
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def config(args: argparse.Namespace) -> Dict[str, object]:
     height, width = image_shape(args.size)
     return {
@@ -732,20 +706,6 @@ def markdown_report(env: Dict[str, object], cfg: Dict[str, object], rows: List[R
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

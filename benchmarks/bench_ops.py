@@ -20,10 +20,8 @@ and the script aborts if they disagree.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import platform
 import shlex
 import statistics
 import sys
@@ -46,7 +44,7 @@ except ImportError:  # a source checkout that is not pip-installed: use the repo
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere (tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Candidate, time_interleaved  # noqa: E402
+from _common import Candidate, environment, positive_int, time_interleaved  # noqa: E402
 
 IMAGE_H, IMAGE_W = 800, 1333
 PROPOSALS_PER_IMAGE = 2000
@@ -371,30 +369,6 @@ def markdown_table(results: list[CaseResult], device: torch.device) -> str:
     return "\n".join(lines)
 
 
-def hardware_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device, command: str) -> dict[str, object]:
-    return {
-        "device": device.type,
-        "hardware": hardware_name(device),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "threads": torch.get_num_threads(),
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def markdown_report(env: dict[str, object], table: str) -> str:
     title = f"# dynrcnn op benchmark ({env['device']})"
     meta = "\n".join(f"- {k}: `{v}`" for k, v in env.items())
@@ -413,13 +387,6 @@ def summary_line(results: list[CaseResult]) -> str:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -1,12 +1,18 @@
-"""Timing shared by the benchmarks: one timed call, and interleaved rounds of several."""
+"""What the benchmarks share: timing (one timed call, interleaved rounds of several), the
+description of the machine that every result file carries, and argument types."""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import platform
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import torch
+import torchvision
 
 
 @dataclass
@@ -58,3 +64,42 @@ def time_interleaved(cands: List[Candidate], reps: int, warmup: int,
         for i, t in enumerate(round_robin(cands, rep % 2 == 1, device)):
             samples[i].append(t)
     return samples
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, command: str) -> Dict[str, object]:
+    """Hardware, versions, threads, command and date: the header of every result file."""
+    return {
+        "device": device.type,
+        "hardware": hardware_name(device),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": torch.get_num_threads(),
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value

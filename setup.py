@@ -192,6 +192,5 @@ setup(
     packages=find_packages(include=["dynrcnn", "dynrcnn.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    entry_points={"console_scripts": ["dynrcnn=dynrcnn.cli:main"]},
     zip_safe=False,
 )

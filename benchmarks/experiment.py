@@ -42,7 +42,8 @@ from typing import Any, Dict
 
 import torch
 
-from dynrcnn.cli import compare_runs, ensure_synthetic_data, load_run_metrics, small_cpu_config
+from dynrcnn.engine.compare import compare_runs, load_run_metrics
+from dynrcnn.engine.presets import ensure_synthetic_data, small_cpu_config
 
 FIXED = {"init_iou": 0.5, "iou_floor": 0.5, "update_iou": False}
 VARIANTS: Dict[str, Dict[str, Any]] = {

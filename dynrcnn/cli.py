@@ -13,9 +13,6 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-METRICS_FILE = "metrics.json"
-IOU_COLUMNS = ("AP50", "AP60", "AP70", "AP80", "AP90")
-
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
@@ -149,60 +146,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_run_metrics(run_dir: str) -> Dict[str, float]:
-    """The bbox metrics of a run directory: its metrics.json (written by `eval`), else the
-    latest eval_<iteration>/metrics.json the trainer wrote."""
-    import glob
-
-    candidates = [os.path.join(run_dir, METRICS_FILE)]
-    candidates += sorted(glob.glob(os.path.join(run_dir, "eval_*", METRICS_FILE)),
-                         reverse=True)
-    path = next((c for c in candidates if os.path.isfile(c)), None)
-    if path is None:
-        raise SystemExit(f"dynrcnn compare: {run_dir} has no {METRICS_FILE} (evaluate it first)")
-    with open(path) as f:
-        data = json.load(f)
-    return data.get("bbox", data)
-
-
-def compare_runs(run_dirs: Sequence[str], out_dir: str,
-                 names: Optional[Sequence[str]] = None) -> str:
-    """AP-per-IoU-threshold table (Markdown) and plot (PNG) of several runs side by side."""
-    from dynrcnn.engine import format_metrics_table
-
-    names = list(names) if names else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
-    if len(names) != len(run_dirs):
-        raise SystemExit("dynrcnn compare: give one --names entry per run")
-    table = {name: load_run_metrics(d) for name, d in zip(names, run_dirs)}
-    text = format_metrics_table(table)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "compare.md"), "w") as f:
-        f.write(text)
-    _plot_ap_vs_iou(table, os.path.join(out_dir, "ap_vs_iou.png"))
-    return text
-
-
-def _plot_ap_vs_iou(table: Dict[str, Dict[str, float]], out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    thresholds = [int(c[2:]) / 100 for c in IOU_COLUMNS]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, metrics in table.items():
-        ax.plot(thresholds, [100 * metrics.get(c, float("nan")) for c in IOU_COLUMNS],
-                marker="o", label=name)
-    ax.set_xlabel("IoU threshold")
-    ax.set_ylabel("AP")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
+    from dynrcnn.engine.compare import compare_runs
+
     _print(compare_runs(args.run_dirs, args.out, args.names))
     _print(f"table and plot written to {args.out}")
     return 0
@@ -217,51 +163,13 @@ def cmd_make_synthetic(argv: List[str]) -> int:
 # --------------------------------------------------------------------------- demo
 
 
-def ensure_synthetic_data(data_dir: str, num_train: int, num_val: int, image_size: int) -> None:
-    """Write the synthetic set into data_dir unless it is there already."""
-    from dynrcnn.data import make_synthetic_coco
-
-    if not os.path.isfile(os.path.join(data_dir, "annotations", "instances_val.json")):
-        _print(f"writing the synthetic data set to {data_dir}")
-        make_synthetic_coco(data_dir, num_train=num_train, num_val=num_val,
-                            image_size=(image_size, image_size), seed=0)
-
-
-def small_cpu_config(data_dir: str, out_dir: str, arch: str = "dynamic_rcnn",
-                     iterations: int = 1200, interval: int = 20, image_size: int = 256,
-                     resume: bool = False, seed: int = 0,
-                     dynamic: Optional[Dict[str, Any]] = None,
-                     model_kwargs: Optional[Dict[str, Any]] = None) -> Any:
-    """The TrainConfig of the CPU demo and of the small-scale ablation: tiny_fpn backbone,
-    batch 4, lr 0.02 with gradient clipping, the 1x schedule's decays at 8/12 and 11/12.
-    `model_kwargs` are added to (or override) the detector arguments below."""
-    from dynrcnn.engine import TrainConfig
-    from dynrcnn.engine.config import config_from_dict
-
-    return config_from_dict(TrainConfig, {
-        "data_dir": data_dir, "arch": arch, "backbone": "tiny_fpn",
-        "min_size": image_size, "max_size": image_size,
-        "out_dir": out_dir, "iterations": iterations, "batch_size": 4,
-        "lr": 0.02, "lr_reference_batch": 4, "grad_clip": 10.0,
-        "warmup_iters": min(100, iterations // 10),
-        "checkpoint_period": max(1, iterations // 4), "log_period": 10,
-        "eval_period": iterations, "num_workers": 0, "resume": resume, "seed": seed,
-        # A 2-core CPU budget: 300 proposals and 128 sampled RoIs per image instead of
-        # 2000 / 512, so KI and Kbeta shrink in proportion (the paper's 75 and 10 at 2000).
-        "model_kwargs": {"rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
-                         "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 300,
-                         "box_batch_size_per_image": 128, "rpn_batch_size_per_image": 128,
-                         **(model_kwargs or {})},
-        "dynamic": {"interval": interval, "k_iou": 15, "k_err": 4, **(dynamic or {})},
-    })
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default job: synthetic data, a short Dynamic R-CNN training run on the
     small backbone, evaluation, curves; the AP table is printed last."""
     import time
 
     from dynrcnn.engine import format_metrics_table, train
+    from dynrcnn.engine.presets import ensure_synthetic_data, small_cpu_config
 
     start = time.perf_counter()
     ensure_synthetic_data(args.data, args.num_train, args.num_val, args.image_size)

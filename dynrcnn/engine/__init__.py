@@ -17,9 +17,11 @@ from dynrcnn.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
+from dynrcnn.engine.compare import compare_runs, load_run_metrics, plot_ap_vs_iou
 from dynrcnn.engine.config import (
     EvalConfig,
     TrainConfig,
+    UsageError,
     add_dataclass_args,
     config_from_dict,
     config_to_dict,
@@ -40,6 +42,7 @@ from dynrcnn.engine.evaluator import (
 )
 from dynrcnn.engine.logger import NonFiniteLossError, read_jsonl
 from dynrcnn.engine.plots import plot_training_curves
+from dynrcnn.engine.presets import ensure_synthetic_data, small_cpu_config
 from dynrcnn.engine.schedule import WarmupMultiStep, build_optimizer, build_scheduler
 from dynrcnn.engine.trainer import Trainer, effective_lr, train
 
@@ -51,6 +54,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "Trainer",
+    "UsageError",
     "WarmupMultiStep",
     "add_dataclass_args",
     "ap_at_iou",
@@ -61,23 +65,28 @@ __all__ = [
     "build_scheduler",
     "capture_rng_state",
     "coco_evaluate",
+    "compare_runs",
     "config_from_dict",
     "config_to_dict",
     "dataclass_from_args",
     "detections_to_coco",
     "effective_lr",
+    "ensure_synthetic_data",
     "evaluate",
     "format_metrics_table",
     "get_dynamic_state",
     "init_distributed",
     "load_checkpoint",
     "load_config",
+    "load_run_metrics",
     "load_model_for_eval",
+    "plot_ap_vs_iou",
     "plot_training_curves",
     "read_jsonl",
     "restore_rng_state",
     "run_evaluation",
     "save_config",
+    "small_cpu_config",
     "sync_dynamic_state",
     "train",
     "write_metrics",

@@ -25,6 +25,18 @@ from dynrcnn.dynamic import DynamicConfig
 
 T = TypeVar("T")
 
+
+class UsageError(ValueError):
+    """Bad input the user can fix: a flag's value, a missing or wrong file. The message is
+    one line naming the flag (`--iterations`) or the file; the CLI prints it without a
+    traceback and exits with status 2. A ValueError, so library callers may catch either."""
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a config field: iterations -> --iterations,
+    dynamic.k_iou (or dynamic__k_iou) -> --dynamic-k-iou."""
+    return "--" + field_name.replace(".", "-").replace("__", "-").replace("_", "-")
+
 # The paper's 1x schedule (mmdetection's 12 epochs): x0.1 after 8/12 and 11/12 of the run.
 DEFAULT_STEPS: Tuple[float, ...] = (8 / 12, 11 / 12)
 

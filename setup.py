@@ -130,8 +130,13 @@ def build_extensions():
     # -fno-trapping-math lets gcc if-convert the branch-free selects in csrc/ops/box_math.h
     # (a division in a discarded lane cannot trap anyway): the CPU loops then vectorize.
     # It changes no rounding.
-    extra_cxx = ["-O3", "-fno-trapping-math"]
-    extra_nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    # No multiply-add contraction on either side (-ffp-contract=off, --fmad=false): the CPU
+    # and CUDA kernels share box_math.h and must round every product as the pure-torch
+    # reference does, so that IoUs, labels at T == IoU and the statistics agree bit for bit.
+    # nvcc contracts by default (the union `aw * ah + bw * bh` became one fma); gcc would
+    # too wherever FMA is enabled (-march=native, an AVX2+FMA clone).
+    extra_cxx = ["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+    extra_nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
     if sys.platform != "win32" and _has_openmp():
         # at::parallel_for is an inline `#pragma omp parallel` in torch's OpenMP build:
         # without -fopenmp our loops would silently run on one thread.

@@ -12,8 +12,11 @@
 
 namespace dynrcnn {
 
-// IoU of two x1,y1,x2,y2 boxes. The operation order matches dynrcnn/ops/_reference.py so
-// that float32 results agree to rounding. A box with non-positive width or height, or with
+// IoU of two x1,y1,x2,y2 boxes. The operation order matches dynrcnn/ops/_reference.py and
+// every product is rounded on its own: setup.py and CMakeLists.txt compile this header with
+// -ffp-contract=off (host) and --fmad=false (device), because a contracted union
+// fma(bw, bh, aw * ah) rounds differently, and then CPU and CUDA would disagree on IoUs by a
+// few ulp and on labels where T equals an IoU. CPU and CUDA results are identical bits. A box with non-positive width or height, or with
 // NaN coordinates, has IoU 0 with everything (never NaN).
 // Written without branches (every value computed, then selected) so that the CPU loops over
 // ground-truth boxes vectorize and CUDA threads do not diverge; a division by zero in a

@@ -60,7 +60,9 @@ def check_same_device(**tensors: Optional[Tensor]) -> None:
 def as_scalar_tensor(name: str, value: Union[Tensor, float], like: Tensor) -> Tensor:
     """A 0-dim floating tensor on `like`'s device; Python numbers are converted."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value), dtype=torch.float32, device=like.device)
+        # A fill, not torch.tensor(v, device=...): the latter copies from pageable host
+        # memory, which blocks the host until the stream drains (a host sync on CUDA).
+        return torch.full((), float(value), dtype=torch.float32, device=like.device)
     value = check_tensor(name, value)
     if value.numel() != 1 or value.dim() > 1:
         raise ValueError(f"{name} must be a 0-dim tensor, got shape {list(value.shape)}")

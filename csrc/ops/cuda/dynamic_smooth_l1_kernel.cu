@@ -35,8 +35,10 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 // Blocks per SM used to cap the grid of the elementwise kernels.
 constexpr int64_t kBlocksPerSM = 8;
-// Fixed cap of the reduction grid: a device-independent grid keeps the sum's bits identical
-// on every GPU. 1024 x 256 threads fill even the largest current GPUs.
+// Fixed cap of the reduction grid: the grid (and so the order of the sum) depends on numel
+// only, not on the device, so one binary gives identical bits run to run. Across GPUs or
+// builds no such promise is made (the compiler may order the block sum differently).
+// 1024 x 256 threads fill even the largest current GPUs.
 constexpr int64_t kMaxReduceBlocks = 1024;
 
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };

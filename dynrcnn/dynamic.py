@@ -22,7 +22,7 @@ Made robust for real training:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -45,6 +45,10 @@ class DynamicConfig:
         (the authors' code).
     update_iou, update_beta: switch DLA / DSL off for ablations (T or beta then stay at
         their initial values).
+    stats_with_gt: the authors' statistics (their maskrcnn-benchmark fork): rank the IoU
+        over the proposals PLUS the appended ground-truth copies (IoU 1) and take the
+        error's k-th smallest over them too (copies: error 0). Off (default): the paper's
+        definition, over the RPN proposals only. Sampling is the same either way.
     """
 
     k_iou: int = 75
@@ -58,6 +62,7 @@ class DynamicConfig:
     per_image: bool = False
     update_iou: bool = True
     update_beta: bool = True
+    stats_with_gt: bool = False
 
     def __post_init__(self) -> None:
         if self.k_iou < 1 or self.k_err < 1:
@@ -175,3 +180,55 @@ class DynamicState(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
+
+
+DIAGNOSTIC_IOUS: Tuple[float, ...] = (0.5, 0.6, 0.7)
+
+
+class MatchDiagnostics(nn.Module):
+    """The paper's Figure 1 for every run: how good the RPN proposals are during training.
+
+    Per training iteration `observe()` adds, on the device and without a host sync, the
+    number of proposals per image whose best IoU is >= each of `thresholds`, and the
+    iteration's KI-th largest IoU and Kbeta-th smallest error (the statistics DLA and DSL
+    record; with per_image, their mean over the images that have one). `read()` (one host
+    sync, at log time) returns the means over the iterations observed since the previous
+    read and starts a new window. NaN statistics (no foreground proposal) are left out of
+    the means; a window without any gives None. The buffers are not persistent: checkpoints
+    do not change, and a resumed run starts a fresh window.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = DIAGNOSTIC_IOUS) -> None:
+        super().__init__()
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.names = ([f"props_iou{round(100 * t)}" for t in self.thresholds]
+                      + ["kth_iou", "kth_err"])
+        n = len(self.names)
+        self.register_buffer("thr", torch.tensor(self.thresholds, dtype=torch.float32),
+                             persistent=False)
+        self.register_buffer("total", torch.zeros(n, dtype=torch.float64), persistent=False)
+        self.register_buffer("valid", torch.zeros(n, dtype=torch.float64), persistent=False)
+
+    @torch.no_grad()
+    def observe(self, max_iou: Tensor, num_images: int, kth_iou: Tensor,
+                kth_err: Tensor) -> None:
+        """max_iou: [N] best IoU of every proposal of the batch (0 in images without ground
+        truth); kth_iou / kth_err: 0-dim or [B] statistics as dynamic_match returns them."""
+        counts = (max_iou.float().reshape(-1, 1) >= self.thr.reshape(1, -1)).sum(0)
+        stats = torch.stack([self._reduce(kth_iou), self._reduce(kth_err)])
+        values = torch.cat([counts.double() / max(num_images, 1), stats])
+        ok = ~torch.isnan(values)
+        self.total += torch.where(ok, values, torch.zeros_like(values))
+        self.valid += ok.double()
+
+    def _reduce(self, value: Tensor) -> Tensor:
+        value = value.detach().to(self.total.device)
+        return value.double() if value.dim() == 0 else nan_mean(value.reshape(-1))
+
+    @torch.no_grad()
+    def read(self) -> Dict[str, Optional[float]]:
+        """Means since the previous read (synchronizes), then a new window."""
+        total, valid = self.total.tolist(), self.valid.tolist()
+        self.total.zero_()
+        self.valid.zero_()
+        return {name: (t / v if v > 0 else None) for name, t, v in zip(self.names, total, valid)}

@@ -10,6 +10,12 @@ Only training differs from Faster R-CNN, so only the training path is overridden
   proposals the RPN produced, as the paper defines them; the copies get their label and a zero
   regression target directly (IoU 1 with themselves) instead of going through the matcher.
   Background is IoU < T, foreground IoU >= T: no ignore band (the paper's bg = fg = T).
+  With `DynamicConfig.stats_with_gt` the match runs over the proposals plus the copies, so
+  the statistics include the copies as the authors' code does; labels and sampling do not
+  change (a copy's IoU with itself is 1 either way).
+- Every training match also feeds `MatchDiagnostics` (the paper's Figure 1: proposals per
+  image above IoU 0.5/0.6/0.7, the KI-th IoU, the Kbeta-th error), read at log time by
+  `read_match_diagnostics`.
 - The box loss is `dynamic_smooth_l1` with the current beta, summed over the sampled
   positives and divided by the number of sampled RoIs, like torchvision's `fastrcnn_loss`.
 
@@ -19,14 +25,14 @@ R-CNN does at test time and both give identical detections with identical weight
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 
-from dynrcnn.dynamic import DynamicConfig, DynamicState
+from dynrcnn.dynamic import DynamicConfig, DynamicState, MatchDiagnostics
 from dynrcnn.modeling._utils import check_target_types
 from dynrcnn.ops import MatchResult, dynamic_match, dynamic_smooth_l1, splits_from_counts
 
@@ -65,6 +71,26 @@ def dynamic_fastrcnn_loss(
     return classification_loss, box_loss / labels_all.numel()
 
 
+def _proposal_rows(num_props: List[int], num_gts: List[int], device: torch.device) -> Tensor:
+    """Rows of the proposals in the per-image concatenation [proposals_b, gt_b] over b
+    (counts known on the host: no device sync)."""
+    rows, offset = [], 0
+    for n, g in zip(num_props, num_gts):
+        rows.append(torch.arange(offset, offset + n))
+        offset += n + g
+    return torch.cat(rows).to(device, non_blocking=True)
+
+
+def read_match_diagnostics(model: nn.Module) -> Dict[str, Any]:
+    """The Figure-1 diagnostics of `model` since the previous call (MatchDiagnostics.read,
+    one host sync), or {} for detectors without DynamicRoIHeads. On several processes
+    these are the calling rank's."""
+    heads = getattr(getattr(model, "module", model), "roi_heads", None)
+    if not isinstance(heads, DynamicRoIHeads):
+        return {}
+    return heads.diagnostics.read()
+
+
 class DynamicRoIHeads(RoIHeads):
     """RoI heads of Dynamic R-CNN (and, with a mask branch, of Dynamic Mask R-CNN).
 
@@ -99,6 +125,7 @@ class DynamicRoIHeads(RoIHeads):
             mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
         )
         self.dynamic_state = DynamicState(config)
+        self.diagnostics = MatchDiagnostics()
 
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads,
@@ -125,14 +152,18 @@ class DynamicRoIHeads(RoIHeads):
     def match_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor]) -> MatchResult:
         """Match all images' proposals in one fused call at the current T and record the
         k-th largest IoU / k-th smallest regression error (KI, Kbeta per image, times the
-        number of images unless per_image)."""
+        number of images unless per_image). With stats_with_gt the ground-truth copies join
+        the match (and so the statistics); the result still has one row per proposal."""
         config = self.dynamic_state.config
         device = proposals[0].device
         scale = 1 if config.per_image else len(proposals)
+        boxes = proposals
+        if config.stats_with_gt:
+            boxes = [torch.cat([p, g]) for p, g in zip(proposals, gt_boxes)]
         result = dynamic_match(
-            torch.cat(proposals),
+            torch.cat(boxes),
             torch.cat(gt_boxes),
-            splits_from_counts([p.shape[0] for p in proposals], device),
+            splits_from_counts([b.shape[0] for b in boxes], device),
             splits_from_counts([g.shape[0] for g in gt_boxes], device),
             self.dynamic_state.iou_thr,
             k_iou=config.k_iou * scale,
@@ -141,6 +172,13 @@ class DynamicRoIHeads(RoIHeads):
             per_image=config.per_image,
         )
         self.dynamic_state.record(result.kth_iou, result.kth_err)
+        if config.stats_with_gt:
+            rows = _proposal_rows([p.shape[0] for p in proposals],
+                                  [g.shape[0] for g in gt_boxes], device)
+            result = MatchResult(result.matched_idxs[rows], result.max_iou[rows],
+                                 result.labels[rows], result.kth_iou, result.kth_err)
+        self.diagnostics.observe(result.max_iou, len(proposals), result.kth_iou,
+                                 result.kth_err)
         return result
 
     def select_training_samples(

@@ -56,6 +56,7 @@ from dynrcnn.engine.sampling import (
     move_to_device,
 )
 from dynrcnn.engine.schedule import build_optimizer, build_scheduler
+from dynrcnn.modeling.dynamic_roi_heads import read_match_diagnostics
 
 log = logging.getLogger("dynrcnn.engine")
 Hook = Callable[["Trainer", int], None]
@@ -349,6 +350,9 @@ class Trainer:
             **{k: float(v) for k, v in zip(names, losses)},
             "lr": lr,
             **self._dynamic_values(),
+            # Figure-1 diagnostics (props_iou50/60/70, kth_iou, kth_err): means since the
+            # previous log line, counted on the device and read only here
+            **read_match_diagnostics(self.model),
             "time": time_per_iter,
             "data_time": data_time,
         }

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
 
-from test_engine import (  # noqa: E402  (the fake COCO data and configs of the trainer tests)
+from engine_helpers import (  # noqa: E402  (the fake COCO data and configs of the trainer tests)
     TESTS_DIR,
     assert_same_params,
     fake_datasets,
@@ -141,7 +141,7 @@ import sys, time
 sys.path.insert(0, {tests_dir!r})
 import torch
 torch.set_num_threads(1)
-from test_engine import fake_datasets, small_config
+from engine_helpers import fake_datasets, small_config
 from dynrcnn.engine import Trainer
 
 def slow_down(trainer, n):

@@ -1,0 +1,167 @@
+"""DynamicRoIHeads: T and beta follow the proposals, statistics before gt copies, sampling
+and box loss equal torchvision's at a fixed threshold, mask targets per image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("torchvision")
+
+from modeling_helpers import (  # noqa: E402
+    NUM_CLASSES,
+    build,
+    heads_inputs,
+    jittered,
+    make_batch,
+    random_gt,
+    small_heads,
+)
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss  # noqa: E402
+from torchvision.ops import box_iou  # noqa: E402
+
+import dynrcnn.modeling.dynamic_roi_heads as dyn_heads_module  # noqa: E402
+from dynrcnn.dynamic import DynamicConfig  # noqa: E402
+from dynrcnn.modeling import dynamic_fastrcnn_loss  # noqa: E402
+
+# One intra-op thread (conftest.single_thread): these models are tiny, and on a shared
+# machine multi-threaded small convolutions are much slower than one thread.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_threshold_rises_and_beta_falls_as_proposals_improve():
+    heads = small_heads(DynamicConfig(k_iou=10, k_err=5, interval=5)).train()
+    gen = torch.Generator().manual_seed(7)
+    optimizer = torch.optim.SGD(heads.parameters(), lr=0.01)
+    thresholds, betas = [], []
+    steps = 50
+    for step in range(steps):
+        scale = 0.4 * (1 - step / steps) + 0.02  # proposals get closer to the gt
+        features, proposals, shapes, targets = heads_inputs((3, 2), scale, gen)
+        _, losses = heads(features, proposals, shapes, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        if (step + 1) % 5 == 0:
+            thresholds.append(float(heads.dynamic_state.iou_thr))
+            betas.append(float(heads.dynamic_state.beta))
+    assert heads.dynamic_state.records == steps
+    assert thresholds[-1] > thresholds[0] + 0.1, thresholds
+    assert thresholds[-1] > 0.8, thresholds
+    assert betas[-1] < betas[0] * 0.5, betas
+    assert betas[-1] < 0.2, betas
+
+
+def test_statistics_use_proposals_before_gt_copies(monkeypatch):
+    calls = []
+    real = dyn_heads_module.dynamic_match
+
+    def spy(proposals, gt_boxes, proposal_splits, gt_splits, iou_thr, **kwargs):
+        calls.append((proposals.shape[0], proposal_splits.tolist(), kwargs))
+        return real(proposals, gt_boxes, proposal_splits, gt_splits, iou_thr, **kwargs)
+
+    monkeypatch.setattr(dyn_heads_module, "dynamic_match", spy)
+    heads = small_heads(DynamicConfig(k_iou=3, k_err=2, interval=1)).train()
+    gen = torch.Generator().manual_seed(8)
+    gt = [random_gt(2, gen), random_gt(3, gen)]
+    # proposals far from every gt: shifted by 3 box widths, IoU 0 with everything
+    proposals = [g + torch.tensor([300.0, 0.0, 300.0, 0.0]) for g in gt]
+    targets = [{"boxes": g, "labels": torch.ones(g.shape[0], dtype=torch.int64)} for g in gt]
+    rois, matched, labels, reg = heads.select_training_samples(proposals, targets)
+    assert len(calls) == 1  # one fused call for the whole batch
+    n, splits, kwargs = calls[0]
+    assert n == 5 and splits == [0, 2, 5]  # the RPN proposals only, no gt copies
+    assert kwargs["k_iou"] == 3 * 2 and kwargs["k_err"] == 2 * 2
+    # the copies would have given kth_iou = 1; the proposals give 0, so T stays at its floor
+    assert float(heads.dynamic_state.iou_thr) == pytest.approx(0.4)
+    assert float(heads.dynamic_state.beta) == 1.0  # no foreground proposal: beta unchanged
+    # the copies are the only positives, with their own label and a zero target
+    for b in range(2):
+        pos = labels[b] > 0
+        assert int(pos.sum()) == gt[b].shape[0]
+        torch.testing.assert_close(rois[b][pos], gt[b][matched[b][pos]], rtol=0, atol=0)
+        assert torch.equal(reg[b][pos], torch.zeros_like(reg[b][pos]))
+
+
+def test_per_image_statistics():
+    heads = small_heads(DynamicConfig(k_iou=4, k_err=2, interval=2, per_image=True)).train()
+    gen = torch.Generator().manual_seed(9)
+    for _ in range(2):
+        features, proposals, shapes, targets = heads_inputs((2, 3), 0.05, gen)
+        heads(features, proposals, shapes, targets)
+    assert float(heads.dynamic_state.iou_thr) > 0.5
+    assert float(heads.dynamic_state.beta) < 1.0
+
+
+def test_sampling_matches_torchvision_at_fixed_threshold():
+    """With T = 0.5 and a sampler that keeps everything, labels, matched indices and the
+    positives' targets equal torchvision's RoIHeads (which matches the gt copies by IoU)."""
+    gen = torch.Generator().manual_seed(10)
+    config = DynamicConfig(init_iou=0.5, iou_floor=0.5)
+    heads = small_heads(config, batch_size_per_image=10_000).train()
+    reference = RoIHeads(heads.box_roi_pool, heads.box_head, heads.box_predictor, 0.5, 0.5,
+                         10_000, 0.99, None, 0.05, 0.5, 100)
+    _, proposals, _, targets = heads_inputs((3, 0, 2), 0.15, gen)
+    ours = heads.select_training_samples([p.clone() for p in proposals], targets)
+    theirs = reference.select_training_samples([p.clone() for p in proposals], targets)
+    for b in range(3):
+        rois, matched, labels, reg = (x[b] for x in ours)
+        t_rois, t_matched, t_labels, t_reg = (x[b] for x in theirs)
+        torch.testing.assert_close(rois, t_rois, rtol=0, atol=0)
+        assert torch.equal(labels, t_labels)
+        assert torch.equal(matched, t_matched)
+        pos = labels > 0
+        torch.testing.assert_close(reg[pos], t_reg[pos], rtol=0, atol=1e-6)
+        assert torch.equal(reg[~pos], torch.zeros_like(reg[~pos]))
+        if targets[b]["boxes"].shape[0]:
+            iou = box_iou(rois, targets[b]["boxes"]).max(dim=1).values
+            assert bool((iou[pos] >= 0.5).all()) and bool((iou[~pos] < 0.5).all())
+
+
+def test_sampler_takes_quarter_positives():
+    heads = small_heads(DynamicConfig(init_iou=0.5, iou_floor=0.5), batch_size_per_image=32)
+    gen = torch.Generator().manual_seed(11)
+    _, proposals, _, targets = heads_inputs((4, 4), 0.02, gen, per_gt=40, background=100)
+    _, _, labels, _ = heads.train().select_training_samples(proposals, targets)
+    for lab in labels:
+        assert lab.numel() == 32 and int((lab > 0).sum()) == 8
+
+
+@pytest.mark.parametrize("class_specific", [True, False])
+def test_box_loss_matches_torchvision_fastrcnn_loss(class_specific):
+    gen = torch.Generator().manual_seed(12)
+    n, c = 40, NUM_CLASSES
+    logits = torch.randn(n, c, generator=gen, requires_grad=True)
+    deltas = torch.randn(n, 4 * c if class_specific else 4, generator=gen, requires_grad=True)
+    labels = [torch.randint(0, c, (25,), generator=gen), torch.randint(0, c, (15,), generator=gen)]
+    targets = [torch.randn(25, 4, generator=gen), torch.randn(15, 4, generator=gen)]
+    targets = [torch.where((lab > 0)[:, None], t, 0.0) for t, lab in zip(targets, labels)]
+    beta = torch.tensor(1.0 / 9.0)
+    cls, box = dynamic_fastrcnn_loss(logits, deltas, labels, targets, beta)
+    full = deltas if class_specific else deltas.repeat(1, c)
+    t_cls, t_box = fastrcnn_loss(logits, full, labels, targets)
+    torch.testing.assert_close(cls, t_cls)
+    torch.testing.assert_close(box, t_box, rtol=1e-5, atol=1e-7)
+    g = torch.autograd.grad(box, deltas)[0]
+    t_g = torch.autograd.grad(t_box, deltas)[0]
+    torch.testing.assert_close(g, t_g, rtol=1e-5, atol=1e-7)
+
+
+def test_mask_targets_use_each_images_own_gt():
+    """Dynamic Mask R-CNN's matched indices index the image's own masks: positives' matched
+    boxes overlap their RoIs at IoU >= T, in every image of the batch."""
+    model = build("dynamic_mask_rcnn").train()
+    images, targets = make_batch((2, 3), seed=13)
+    heads = model.roi_heads
+    gen = torch.Generator().manual_seed(13)
+    proposals = [jittered(t["boxes"], 10, 0.05, gen) for t in targets]
+    rois, matched, labels, _ = heads.select_training_samples(proposals, targets)
+    thr = float(heads.dynamic_state.iou_thr)
+    for b, t in enumerate(targets):
+        pos = labels[b] > 0
+        assert pos.any()
+        assert bool((matched[b] < t["boxes"].shape[0]).all())
+        iou = box_iou(rois[b][pos], t["boxes"])
+        chosen = iou.gather(1, matched[b][pos][:, None])[:, 0]
+        assert bool((chosen >= thr - 1e-6).all())
+        assert torch.equal(labels[b][pos], t["labels"][matched[b][pos]])

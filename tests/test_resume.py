@@ -1,0 +1,68 @@
+"""Resuming a training run from its last checkpoint of dynrcnn.engine on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("torchvision")
+pytest.importorskip("pycocotools")
+
+from engine_helpers import assert_same_params, final_state, small_config  # noqa: E402
+
+from dynrcnn.engine import Trainer, load_checkpoint, read_jsonl  # noqa: E402
+
+# One intra-op thread (conftest.single_thread): faster for tiny models on a shared machine,
+# and bitwise comparisons between runs need the same thread count in every run.
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, fake_coco):
+    train_ds, _ = fake_coco
+    reference = Trainer(small_config(str(tmp_path / "ref")), train_dataset=train_ds)
+    reference.train()
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_4(trainer: Trainer, n: int) -> None:
+        if n == 4:
+            raise Interrupt
+
+    run_dir = str(tmp_path / "interrupted")
+    with pytest.raises(Interrupt):
+        Trainer(small_config(run_dir), train_dataset=train_ds, hooks=[stop_at_4]).train()
+    assert read_jsonl(os.path.join(run_dir, "log.jsonl"))[-1]["iteration"] == 4
+
+    resumed = Trainer(small_config(run_dir, resume=True), train_dataset=train_ds)
+    ckpt = load_checkpoint(os.path.join(run_dir, "model_0000003.pth"))
+    assert resumed.start_iter == 3
+    assert resumed.resumed_from == os.path.join(run_dir, "model_0000003.pth")
+    state = resumed.dynamic_state
+    assert state.iou_thr.item() == ckpt["model"]["roi_heads.dynamic_state.iou_thr"].item()
+    assert state.beta.item() == ckpt["model"]["roi_heads.dynamic_state.beta"].item()
+    assert state.records == 3
+    assert resumed.optimizer.param_groups[0]["lr"] == ckpt["optimizer"]["param_groups"][0]["lr"]
+    summary = resumed.train()
+
+    assert summary["start_iter"] == 3 and summary["iterations"] == 6
+    assert final_state(resumed) == final_state(reference)
+    assert_same_params(resumed.model, reference.model)
+    # the log reads as one run: iterations 1..6 once each, same losses as the reference
+    log_ref = read_jsonl(str(tmp_path / "ref" / "log.jsonl"))
+    log_res = read_jsonl(os.path.join(run_dir, "log.jsonl"))
+    assert [r["iteration"] for r in log_res] == list(range(1, 7))
+    for a, b in zip(log_res, log_ref):
+        assert a["total_loss"] == pytest.approx(b["total_loss"], rel=1e-5)
+        assert (a["iou_thr"], a["beta"], a["lr"]) == (b["iou_thr"], b["beta"], b["lr"])
+
+
+def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_noop(tmp_path, fake_coco):
+    train_ds, _ = fake_coco
+    cfg = small_config(str(tmp_path / "run"), iterations=2, checkpoint_period=10, resume=True)
+    assert Trainer(cfg, train_dataset=train_ds).train()["iterations"] == 2
+    again = Trainer(cfg, train_dataset=train_ds)
+    assert again.start_iter == 2
+    summary = again.train()
+    assert summary["iterations"] == 2 and summary["start_iter"] == 2

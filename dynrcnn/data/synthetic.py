@@ -52,6 +52,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dynrcnn.data.recipes import draw_distractors, info_config, jitter_boxes, recipe_config
+
 PathLike = Union[str, os.PathLike]
 
 SHAPE_CLASSES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross", "ring", "star")
@@ -74,6 +76,8 @@ class SyntheticConfig:
     empty_fraction: fraction of images without objects (at least one per split of >= 2).
     min_visible_fraction: every shape keeps at least this fraction of its pixels visible.
     pixel_noise: add noise in [-15, 15] (std ~6.5, 0..255 units) to every pixel, last.
+    distractors, box_jitter: up to this many unannotated shapes per image; annotation
+        jitter in pixels per box edge (0 = off; see dynrcnn.data.recipes, which uses them).
     """
 
     image_size: Tuple[int, int] = (256, 256)
@@ -85,6 +89,8 @@ class SyntheticConfig:
     min_visible_fraction: float = 0.5
     pixel_noise: bool = True
     seed: int = 0
+    distractors: int = 0
+    box_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         h, w = self.image_size
@@ -100,6 +106,9 @@ class SyntheticConfig:
         if not 0.0 <= self.min_visible_fraction <= 1.0:
             raise ValueError(
                 f"min_visible_fraction must be in [0, 1], got {self.min_visible_fraction}")
+        if self.distractors < 0 or not 0.0 <= self.box_jitter <= 8.0:
+            raise ValueError(f"need distractors >= 0 and box_jitter in [0, 8], got "
+                             f"{self.distractors}, {self.box_jitter}")
         largest = self.max_object_fraction * min(h, w)
         if not 2.0 <= self.min_object_size <= largest:
             raise ValueError(
@@ -313,6 +322,8 @@ def _render_image(rng: np.random.Generator, cfg: SyntheticConfig, empty: bool
     """One uint8 [H, W, 3] image and its objects (label index, polygons, box, area)."""
     height, width = cfg.image_size
     img, bg_mean = _background(rng, height, width)
+    if cfg.distractors:  # the default draws nothing more from rng: its images are unchanged
+        draw_distractors(rng, img, cfg, bg_mean)
     objects: List[Dict] = []
     visible: List[np.ndarray] = []
     areas: List[int] = []
@@ -376,8 +387,11 @@ def _write_split(cfg: SyntheticConfig, split: str, n: int, images_dir: Path,
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "width": width,
                        "height": height})
-        for obj in objects:
-            x1, y1, x2, y2 = obj["box"]
+        boxes = [obj["box"] for obj in objects]
+        if cfg.box_jitter:
+            boxes = jitter_boxes(boxes, cfg.box_jitter, cfg.seed, _SPLIT_CODE[split], i,
+                                 height, width)
+        for obj, (x1, y1, x2, y2) in zip(objects, boxes):
             ann = {"id": len(annotations) + 1, "image_id": image_id,
                    "category_id": obj["label"] + 1,
                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
@@ -389,7 +403,7 @@ def _write_split(cfg: SyntheticConfig, split: str, n: int, images_dir: Path,
     categories = [{"id": k + 1, "name": SHAPE_CLASSES[k], "supercategory": "shape"}
                   for k in range(cfg.num_classes)]
     info = {"description": f"dynrcnn synthetic shapes, {split} split",
-            "version": "1", "config": {**asdict(cfg), "masks": masks}}
+            "version": "1", "config": {**info_config(asdict(cfg)), "masks": masks}}
     data = {"info": info, "licenses": [], "images": images, "annotations": annotations,
             "categories": categories}
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
@@ -402,12 +416,13 @@ def make_synthetic_coco(
     num_train: int = 200,
     num_val: int = 50,
     image_size: Tuple[int, int] = (256, 256),
-    num_classes: int = 5,
+    num_classes: Optional[int] = None,
     seed: int = 0,
     masks: bool = True,
-    max_objects: int = 6,
-    min_object_size: float = 10.0,
-    empty_fraction: float = 0.05,
+    max_objects: Optional[int] = None,
+    min_object_size: Optional[float] = None,
+    empty_fraction: Optional[float] = None,
+    recipe: str = "default",
 ) -> SyntheticCoco:
     """Write a synthetic COCO-format data set of shapes (see the module docstring).
 
@@ -420,22 +435,24 @@ def make_synthetic_coco(
         seed: everything is a function of the seed.
         masks: write polygon `segmentation`s (needed for Mask R-CNN).
         max_objects, min_object_size, empty_fraction: see SyntheticConfig.
+        recipe: a name of dynrcnn.data.recipes.RECIPES ("default": the demo's set, "study":
+            the accuracy study's); arguments left None take the recipe's values.
 
     Returns:
         SyntheticCoco with the paths of both splits.
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
-    cfg = SyntheticConfig(image_size=(int(image_size[0]), int(image_size[1])),
-                          num_classes=num_classes, max_objects=max_objects,
-                          min_object_size=min_object_size, empty_fraction=empty_fraction,
-                          seed=seed)
+    cfg = recipe_config(recipe, image_size=(int(image_size[0]), int(image_size[1])),
+                        num_classes=num_classes, max_objects=max_objects,
+                        min_object_size=min_object_size, empty_fraction=empty_fraction,
+                        seed=seed)
     root = Path(out_dir)
     result = SyntheticCoco(
         root=root, train_images=root / "train", val_images=root / "val",
         train_annotations=root / "annotations" / "instances_train.json",
         val_annotations=root / "annotations" / "instances_val.json",
-        num_classes=num_classes)
+        num_classes=cfg.num_classes)
     for split, n in (("train", num_train), ("val", num_val)):
         _write_split(cfg, split, n, result.images_dir(split), result.annotation_file(split),
                      masks)
@@ -451,11 +468,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--image-size", type=int, nargs=2, default=(256, 256),
                         metavar=("H", "W"))
-    parser.add_argument("--num-classes", type=int, default=5,
+    parser.add_argument("--recipe", default="default", help="default (the demo's) or study")
+    parser.add_argument("--num-classes", type=int, default=None,
                         help=f"1..{len(SHAPE_CLASSES)}: {', '.join(SHAPE_CLASSES)}")
-    parser.add_argument("--max-objects", type=int, default=6)
-    parser.add_argument("--min-object-size", type=float, default=10.0)
-    parser.add_argument("--empty-fraction", type=float, default=0.05)
+    parser.add_argument("--max-objects", type=int, default=None, help="default 6")
+    parser.add_argument("--min-object-size", type=float, default=None, help="default 10")
+    parser.add_argument("--empty-fraction", type=float, default=None, help="default 0.05")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-masks", action="store_true", help="omit segmentation polygons")
     args = parser.parse_args(argv)
@@ -465,7 +483,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.out, num_train=args.num_train, num_val=args.num_val,
             image_size=tuple(args.image_size), num_classes=args.num_classes, seed=args.seed,
             masks=not args.no_masks, max_objects=args.max_objects,
-            min_object_size=args.min_object_size, empty_fraction=args.empty_fraction)
+            min_object_size=args.min_object_size, empty_fraction=args.empty_fraction,
+            recipe=args.recipe)
     except ValueError as e:
         parser.error(str(e))
     seconds = time.perf_counter() - start

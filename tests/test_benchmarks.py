@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("torchvision")
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_detectors.py"
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "_detector_stats.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_detectors", _PATH)
+    spec = importlib.util.spec_from_file_location("_detector_stats", _PATH)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_detectors"] = module
+    sys.modules["_detector_stats"] = module
     spec.loader.exec_module(module)
     return module
 

@@ -1,8 +1,12 @@
 """The `dynrcnn` command: train, eval, predict, plot, compare, make-synthetic, demo.
 
-Every TrainConfig / EvalConfig field is a flag (`dynrcnn train --help`); `--config FILE`
-starts from a saved config.json and the flags given on the command line override it.
-Runs under `torchrun` too (train and eval): only rank 0 prints and writes.
+Every TrainConfig / EvalConfig field is a flag (`dynrcnn train --help`). `--config FILE`
+starts from a saved config.json; a flag given on the command line always wins over the
+file, which wins over the built-in defaults. `--resume` / `--overwrite` are read from the
+command line only. Runs under `torchrun` too (train and eval): only rank 0 prints and
+writes. Input errors (a bad flag value, a missing or wrong file) print one line,
+`dynrcnn: error: ...`, and exit with status 2; any other exception is a bug and keeps its
+traceback. This module only parses and dispatches: the work is in dynrcnn.engine.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
+
+PROG = "dynrcnn"
 
 
 def _is_main_process() -> bool:
@@ -23,49 +29,24 @@ def _print(text: str) -> None:
         print(text, flush=True)
 
 
-# --------------------------------------------------------------------------- configs
+def _config_from(cls: Type[Any], args: argparse.Namespace) -> Any:
+    """Flags given on the command line, over --config FILE, over the dataclass defaults."""
+    from dynrcnn.engine.config import dataclass_from_args, read_config_file
 
-
-def _config_from(cls: Any, args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
-    """Flags override --config FILE, which overrides the dataclass defaults."""
-    from dynrcnn.engine.config import config_from_dict, config_to_dict, dataclass_from_args
-
-    config = dataclass_from_args(cls, args)
-    if not getattr(args, "config", None):
-        return config
-    with open(args.config) as f:
-        base = config_to_dict(config_from_dict(cls, json.load(f)))
-    defaults = config_to_dict(dataclass_from_args(cls, parser.parse_args([])))
-    given = config_to_dict(config)
-    merged = _merge_changed(base, given, defaults)
-    return config_from_dict(cls, merged)
-
-
-def _merge_changed(base: Dict[str, Any], given: Dict[str, Any],
-                   defaults: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(base)
-    for key, value in given.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            out[key] = _merge_changed(base[key], value, defaults.get(key, {}))
-        elif value != defaults.get(key):
-            out[key] = value
-    return out
+    base = read_config_file(cls, args.config) if args.config else {}
+    return dataclass_from_args(cls, args, base)
 
 
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from dynrcnn.engine import TrainConfig, train
+def cmd_train(args: argparse.Namespace) -> int:
+    from dynrcnn.engine import TrainConfig, format_metrics_table, train
 
-    config = _config_from(TrainConfig, args, parser)
-    summary = train(config)
+    summary = train(_config_from(TrainConfig, args))
     _print(_summary_text(summary))
-    metrics = summary.get("metrics")
-    if metrics:
-        from dynrcnn.engine import format_metrics_table
-
-        _print(format_metrics_table(metrics))
+    if summary.get("metrics"):
+        _print(format_metrics_table(summary["metrics"]))
     return 0
 
 
@@ -81,12 +62,13 @@ def _summary_text(summary: Dict[str, Any]) -> str:
     return "trained: " + " ".join(parts)
 
 
-def cmd_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from dynrcnn.engine import EvalConfig, format_metrics_table, run_evaluation
 
-    config = _config_from(EvalConfig, args, parser)
+    config = _config_from(EvalConfig, args)
     metrics = run_evaluation(config)
     _print(format_metrics_table(metrics))
+    _print(f"metrics written to {os.path.join(config.out_dir, 'metrics.json')}")
     return 0
 
 
@@ -97,24 +79,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from torchvision.transforms.functional import pil_to_tensor
     from torchvision.utils import draw_bounding_boxes
 
-    from dynrcnn.engine import EvalConfig, load_model_for_eval
+    from dynrcnn.engine import EvalConfig, UsageError, load_model_for_eval
 
     if not os.path.isfile(args.image):
-        raise SystemExit(f"dynrcnn predict: image not found: {args.image}")
+        raise UsageError(f"--image {args.image}: no such file")
     config = EvalConfig(weights=args.weights, arch=args.arch, backbone=args.backbone,
                         num_classes=args.num_classes, device=args.device)
-    model, _ = load_model_for_eval(config)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device).eval()
+    model, info = load_model_for_eval(config)
+    names = _class_names(args.ann, info["num_classes"]) if args.ann else \
+        {k + 1: c["name"] for k, c in enumerate(info["categories"] or [])}
     try:
         image = pil_to_tensor(Image.open(args.image).convert("RGB"))
     except OSError as exc:
-        raise SystemExit(f"dynrcnn predict: cannot read image {args.image}: {exc}") from exc
+        raise UsageError(f"--image {args.image} cannot be read: {exc}") from None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).eval()
     with torch.no_grad():
         output = model([image.float().div(255).to(device)])[0]
     keep = output["scores"] >= args.score_thresh
     boxes, labels, scores = (output[k][keep].cpu() for k in ("boxes", "labels", "scores"))
-    names = _class_names(args.ann)
     captions = [f"{names.get(int(label), int(label))} {float(s):.2f}"
                 for label, s in zip(labels, scores)]
     drawn = draw_bounding_boxes(image, boxes, labels=captions, width=2, colors="red")
@@ -125,22 +108,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_names(ann: Optional[str]) -> Dict[int, str]:
-    """Contiguous label -> category name, from a COCO annotation file (labels are the
-    sorted category ids numbered from 1, as dynrcnn.data.CocoDetection assigns them)."""
-    if not ann:
-        return {}
-    with open(ann) as f:
-        cats = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
-    return {i + 1: c["name"] for i, c in enumerate(cats)}
+def _class_names(ann: str, num_classes: int) -> Dict[int, str]:
+    """Label -> category name from a COCO annotation file (labels are the sorted category
+    ids numbered from 1, as dynrcnn.data.CocoDetection assigns them); its class count must
+    be the model's."""
+    from dynrcnn.engine import UsageError
+
+    try:
+        with open(ann) as f:
+            cats = json.load(f).get("categories", [])
+        cats = sorted(cats, key=lambda c: c["id"])
+    except FileNotFoundError:
+        raise UsageError(f"--ann {ann}: no such file") from None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise UsageError(f"--ann {ann} is not a COCO annotation file ({exc})") from None
+    if len(cats) != num_classes - 1:
+        raise UsageError(f"--ann {ann} has {len(cats)} categories, the model has "
+                         f"{num_classes - 1} classes (background aside)")
+    return {i + 1: str(c.get("name", c["id"])) for i, c in enumerate(cats)}
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from dynrcnn.engine import plot_training_curves
+    from dynrcnn.engine import UsageError, plot_training_curves
 
     log = os.path.join(args.run_dir, "log.jsonl")
     if not os.path.isfile(log):
-        raise SystemExit(f"dynrcnn plot: no log.jsonl in {args.run_dir}")
+        raise UsageError(f"{args.run_dir} has no log.jsonl (not a training run directory?)")
     out = plot_training_curves(log, args.out or os.path.join(args.run_dir, "curves.png"))
     _print(f"curves written to {out}")
     return 0
@@ -154,13 +147,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_make_synthetic(argv: List[str]) -> int:
+def cmd_make_synthetic(argv: Sequence[str]) -> int:
     from dynrcnn.data.synthetic import main as synthetic_main
 
-    return synthetic_main(argv)
-
-
-# --------------------------------------------------------------------------- demo
+    return synthetic_main(list(argv))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,8 +163,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     ensure_synthetic_data(args.data, args.num_train, args.num_val, args.image_size)
+    # The demo is one fixed job: rerunning it replaces its previous run unless --resume.
     config = small_cpu_config(args.data, args.out, args.arch, args.iterations, args.interval,
-                              args.image_size, args.resume)
+                              args.image_size, args.resume, overwrite=not args.resume,
+                              progress=args.progress)
     summary = train(config)
     _print(_summary_text(summary))
     _print(f"demo: curves in {os.path.join(args.out, 'curves.png')}, log in "
@@ -186,29 +178,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _choices() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    from dynrcnn.modeling import ARCHS, BACKBONES
+
+    return ARCHS, BACKBONES
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dynrcnn.engine import EvalConfig, TrainConfig, add_dataclass_args
 
-    parser = argparse.ArgumentParser(prog="dynrcnn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    archs, backbones = _choices()
+    choices = {"arch": archs, "backbone": backbones}
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a detector (torchrun for several processes)")
-    p.add_argument("--config", help="start from this config.json")
-    add_dataclass_args(p, TrainConfig)
+    p = sub.add_parser("train", help="train a detector (torchrun for several processes)",
+                       description="Train a detector. Flags override --config FILE.")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from this config.json; flags given here override it")
+    add_dataclass_args(p, TrainConfig, choices=choices)
 
-    p = sub.add_parser("eval", help="COCO evaluation of a checkpoint (AP, AP50..AP90, ...)")
-    p.add_argument("--config", help="start from this config.json")
-    add_dataclass_args(p, EvalConfig)
+    p = sub.add_parser("eval", help="COCO evaluation of a checkpoint (AP, AP50..AP90, ...)",
+                       description="Evaluate a checkpoint on a COCO-format split; writes "
+                       "metrics.json into --out-dir (give the run directory to have "
+                       "`compare` read it).")
+    p.add_argument("--config", metavar="FILE",
+                   help="start from this EvalConfig JSON; flags given here override it")
+    add_dataclass_args(p, EvalConfig, choices=choices)
 
     p = sub.add_parser("predict", help="draw detections on an image into a PNG")
     p.add_argument("--weights", required=True, help="checkpoint (model_*.pth) or state_dict")
     p.add_argument("--image", required=True)
     p.add_argument("--out", help="output PNG (default: <image>_pred.png)")
-    p.add_argument("--ann", help="COCO annotation file, for class names")
+    p.add_argument("--ann", help="COCO annotation file whose category names to show "
+                   "(default: the names stored in the checkpoint)")
     p.add_argument("--score-thresh", type=float, default=0.5)
-    p.add_argument("--arch", default="dynamic_rcnn", help="for a bare state_dict")
-    p.add_argument("--backbone", default="resnet50_fpn", help="for a bare state_dict")
-    p.add_argument("--num-classes", type=int, default=None, help="for a bare state_dict")
+    p.add_argument("--arch", choices=archs, help="for a bare state_dict (default: "
+                   "dynamic_rcnn); one of " + ", ".join(archs))
+    p.add_argument("--backbone", choices=backbones, help="for a bare state_dict (default: "
+                   "resnet50_fpn); one of " + ", ".join(backbones))
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="for a bare state_dict (background included)")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("plot", help="T, beta, loss and lr curves of a run, as PNG")
@@ -216,46 +226,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output PNG (default: <run_dir>/curves.png)")
 
     p = sub.add_parser("compare", help="AP per IoU threshold of several runs: table + plot")
-    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("run_dirs", nargs="+", help="run directories: their metrics.json (from "
+                   "`eval --out-dir RUN`) or, else, their last eval_*/metrics.json")
     p.add_argument("--names", nargs="+", help="row names (default: the folder names)")
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--out", default="runs/compare", help="folder for compare.md and "
+                   "ap_vs_iou.png (default: runs/compare)")
 
     sub.add_parser("make-synthetic", add_help=False,
                    help="write a synthetic COCO-format data set (see make-synthetic --help)")
 
     p = sub.add_parser("demo", help="synthetic data + short Dynamic R-CNN run + evaluation")
     p.add_argument("--data", default="data/synthetic")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--arch", default="dynamic_rcnn")
+    p.add_argument("--out", default="runs/demo", help="run directory (replaced on each "
+                   "run unless --resume)")
+    p.add_argument("--arch", default="dynamic_rcnn", choices=archs)
     p.add_argument("--iterations", type=int, default=1200)
     p.add_argument("--interval", type=int, default=20, help="C: iterations between updates")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--num-train", type=int, default=400)
     p.add_argument("--num-val", type=int, default=60)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on a terminal (else periodic lines)")
     return parser
+
+
+def _input_errors() -> Tuple[Type[BaseException], ...]:
+    from dynrcnn.data.coco import DatasetError
+    from dynrcnn.engine.config import UsageError
+
+    return UsageError, DatasetError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "make-synthetic":  # its own argparse, help included
         return cmd_make_synthetic(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in ("train", "eval"):
-        sub_parser = _subparser(parser, args.command)
-        handler = cmd_train if args.command == "train" else cmd_eval
-        return handler(args, sub_parser)
-    handlers = {"predict": cmd_predict, "plot": cmd_plot, "compare": cmd_compare,
-                "demo": cmd_demo}
-    return handlers[args.command](args)
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]
-    raise KeyError(name)
+    handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
+                "plot": cmd_plot, "compare": cmd_compare, "demo": cmd_demo}
+    try:
+        args = build_parser().parse_args(argv)
+        return handlers[args.command](args)
+    except _input_errors() as exc:
+        # known bad input: one line naming the flag or file, no traceback
+        if _is_main_process():
+            print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

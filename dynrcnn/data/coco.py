@@ -318,6 +318,17 @@ class CocoDetection(Dataset):
     def image_path(self, index: int) -> Path:
         return self.images_dir / self._records[self.ids[index]].file_name
 
+    def check_image_files(self) -> None:
+        """DatasetError naming the first image file of the data set that does not exist
+        (and how many are missing): one stat per image, so a missing file is found before
+        a run starts rather than when the loader reaches it, possibly hours in."""
+        missing = [self.images_dir / self._records[i].file_name for i in self.ids
+                   if not (self.images_dir / self._records[i].file_name).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DatasetError(f"image file {str(missing[0])!r}{more}, listed in "
+                               f"{str(self.annotation_file)!r}, does not exist")
+
     def get_height_and_width(self, index: int) -> Tuple[int, int]:
         """(height, width) of an image from the annotation file, without reading it."""
         rec = self._records[self.ids[index]]

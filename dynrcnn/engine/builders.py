@@ -1,20 +1,31 @@
 """Models and datasets from configs (the only engine module that knows dynrcnn.data and
 dynrcnn.modeling; both are imported when a function runs, so the engine imports without
-them)."""
+them).
+
+Input errors a user can fix (a missing path, a file that is no checkpoint, a data set whose
+classes differ from the model's) raise UsageError naming the flag and the file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Dict, Optional, Tuple
+import tempfile
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import torch
 from torch import nn
 
 from dynrcnn.dynamic import DynamicState
 from dynrcnn.engine.checkpoint import load_checkpoint
-from dynrcnn.engine.config import EvalConfig, TrainConfig, config_from_dict
+from dynrcnn.engine.config import EvalConfig, TrainConfig, UsageError, config_from_dict
 
 MASK_ARCHS = frozenset({"mask_rcnn", "dynamic_mask_rcnn"})
 DYNAMIC_ARCHS = frozenset({"dynamic_rcnn", "dynamic_mask_rcnn"})
+# What an EvalConfig's unset model fields mean for a bare state_dict.
+BARE_DEFAULTS = {"arch": "dynamic_rcnn", "backbone": "resnet50_fpn", "min_size": 800,
+                 "max_size": 1333}
+_HISTORIES = ("dynamic_state.iou_hist", "dynamic_state.err_hist")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -33,16 +44,22 @@ def has_masks(model: nn.Module) -> bool:
     return bool(heads is not None and hasattr(heads, "has_mask") and heads.has_mask())
 
 
+# --------------------------------------------------------------------------- data
+
+
 def _coco_dataset(images: Optional[str], ann: Optional[str], train: bool, masks: bool,
                   what: str) -> Any:
     if not images or not ann:
-        raise ValueError(f"no {what} data: set data_dir, or both {what}_images and {what}_ann")
-    for path in (images, ann):
+        raise UsageError(f"no {what} data: give --data-dir, or both --{what}-images and "
+                         f"--{what}-ann")
+    for path, flag in ((images, f"--{what}-images"), (ann, f"--{what}-ann")):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{what} data path {path!r} does not exist")
+            raise UsageError(f"{flag} {path} does not exist (from --data-dir or {flag})")
     from dynrcnn.data import CocoDetection
 
-    return CocoDetection(images, ann, train=train, transforms=None, masks=masks)
+    dataset = CocoDetection(images, ann, train=train, transforms=None, masks=masks)
+    dataset.check_image_files()  # one stat per image: fail now, not hours into the run
+    return dataset
 
 
 def build_train_dataset(config: TrainConfig) -> Any:
@@ -58,6 +75,114 @@ def build_val_dataset(config: TrainConfig | EvalConfig) -> Any:
     return _coco_dataset(paths["val_images"], paths["val_ann"], False, False, "val")
 
 
+def dataset_categories(dataset: Any) -> Optional[List[Dict[str, Any]]]:
+    """[{id, name}] by label (label k is entry k - 1) of a CocoDetection-like dataset,
+    stored in checkpoints so predictions name the data set's classes; None if unknown."""
+    cat_ids = getattr(dataset, "cat_ids", None)
+    names = getattr(dataset, "class_names", None)
+    if cat_ids is None or names is None:
+        return None
+    return [{"id": int(c), "name": str(n)} for c, n in zip(cat_ids, names[1:])]
+
+
+def check_categories(dataset: Any, num_classes: int,
+                     categories: Optional[List[Dict[str, Any]]], ann_flag: str,
+                     weights: str) -> None:
+    """UsageError unless `dataset`'s classes are the model's: the same category ids as the
+    checkpoint's, or (without them) the same number of classes."""
+    ann = getattr(dataset, "annotation_file", "the data set")
+    if categories is not None and getattr(dataset, "cat_ids", None) is not None:
+        model_ids = [int(c["id"]) for c in categories]
+        if list(dataset.cat_ids) != model_ids:
+            raise UsageError(f"{ann_flag} {ann} has category ids {_ids(dataset.cat_ids)}, "
+                             f"the model in --weights {weights} was trained on "
+                             f"{_ids(model_ids)}")
+        return
+    if int(dataset.num_classes) != int(num_classes):
+        raise UsageError(f"{ann_flag} {ann} has {dataset.num_classes - 1} classes, the model "
+                         f"in --weights {weights} has {num_classes - 1} (background aside)")
+
+
+def _ids(ids: Any) -> str:
+    ids = [int(i) for i in ids]
+    return str(ids) if len(ids) <= 12 else f"[{', '.join(map(str, ids[:12]))}, ...]"
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def read_weights_file(path: str, flag: str = "--weights") -> Any:
+    """torch.load of a checkpoint or state_dict file, with one-line errors naming it."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path}: no such file" if not os.path.exists(path) else
+                         f"{flag} {path} is not a file")
+    try:
+        obj = load_checkpoint(path)
+    except Exception as exc:  # torch.load raises many types for a file it cannot read
+        raise UsageError(f"{flag} {path} is not a checkpoint or state_dict file: "
+                         f"torch.load(weights_only=True) cannot read it "
+                         f"({type(exc).__name__})") from None
+    state = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, Mapping) else obj
+    if not isinstance(state, Mapping) or not state or \
+            not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise UsageError(f"{flag} {path} is neither a dynrcnn training checkpoint "
+                         "(model_*.pth) nor a detector state_dict (a mapping of parameter "
+                         "names to tensors)")
+    return obj
+
+
+def _state_of(obj: Any) -> Dict[str, torch.Tensor]:
+    return dict(obj.get("model", obj.get("state_dict", obj)))
+
+
+def fit_dynamic_histories(state: Dict[str, torch.Tensor], interval: Optional[int],
+                          path: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Drop the DynamicState histories (and their record count) of a state_dict whose
+    length is not `interval` (a run with another C): T and beta are kept, the history
+    starts empty. Warns naming the file; returns (state, dropped keys)."""
+    if interval is None:
+        return state, []
+    foreign = [k for k in state if k.endswith(_HISTORIES) and state[k].shape != (interval,)]
+    if not foreign:
+        return state, []
+    prefixes = {k.rsplit(".", 1)[0] for k in foreign}
+    dropped = foreign + [p + ".count" for p in prefixes if p + ".count" in state]
+    warnings.warn(f"{path}: DynamicState history of length "
+                  f"{state[foreign[0]].shape[0]} does not fit interval {interval}: it is "
+                  "dropped (T and beta are kept, the history starts empty)",
+                  RuntimeWarning, stacklevel=3)
+    return {k: v for k, v in state.items() if k not in dropped}, dropped
+
+
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
+    """Load a detector state_dict strictly, except for DynamicState buffers (a Faster
+    R-CNN's weights load into a Dynamic R-CNN and back; histories of another length are
+    dropped, see fit_dynamic_histories)."""
+    dyn = get_dynamic_state(model)
+    state, _ = fit_dynamic_histories(state, dyn.config.interval if dyn is not None else None,
+                                     path)
+    own = model.state_dict()
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if wrong:
+        raise UsageError(f"--weights {path} does not fit the model: {wrong[0]} is "
+                         f"{list(state[wrong[0]].shape)} in the file, "
+                         f"{list(own[wrong[0]].shape)} in the model (another --num-classes, "
+                         "--arch or --backbone?)")
+    result = model.load_state_dict(state, strict=False)
+
+    def foreign(keys: List[str]) -> List[str]:
+        return [k for k in keys if ".dynamic_state." not in f".{k}"]
+
+    missing, unexpected = foreign(result.missing_keys), foreign(result.unexpected_keys)
+    if missing or unexpected:
+        raise UsageError(f"--weights {path} does not fit the model (another --arch or "
+                         f"--backbone?): missing keys {missing[:3]}, unexpected keys "
+                         f"{unexpected[:3]}")
+
+
+# --------------------------------------------------------------------------- models
+
+
 def _model_kwargs(config: TrainConfig | EvalConfig) -> Dict[str, Any]:
     kwargs = dict(config.model_kwargs)
     kwargs.setdefault("min_size", config.min_size)
@@ -66,46 +191,85 @@ def _model_kwargs(config: TrainConfig | EvalConfig) -> Dict[str, Any]:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The detector of a training config (weights / backbone_weights loaded if set)."""
+    """The detector of a training config (weights / backbone_weights loaded if set).
+    Weights of a Dynamic R-CNN trained with another interval load without its history."""
     from dynrcnn.modeling import build_detector
 
-    return build_detector(
-        config.arch, backbone=config.backbone, num_classes=num_classes,
-        weights=config.weights, backbone_weights=config.backbone_weights,
-        dynamic=config.dynamic if config.arch in DYNAMIC_ARCHS else None,
-        **_model_kwargs(config))
+    dynamic = config.dynamic if config.arch in DYNAMIC_ARCHS else None
+    weights, tmp = config.weights, None
+    if weights:
+        state, dropped = fit_dynamic_histories(_state_of(read_weights_file(weights)),
+                                               dynamic.interval if dynamic else None, weights)
+        if dropped:  # build_detector reads a file: give it the fitted state_dict
+            fd, tmp = tempfile.mkstemp(suffix=".pth", prefix="dynrcnn-weights-")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+            weights = tmp
+    try:
+        return build_detector(
+            config.arch, backbone=config.backbone, num_classes=num_classes, weights=weights,
+            backbone_weights=config.backbone_weights, dynamic=dynamic,
+            **_model_kwargs(config))
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+
+def is_training_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) and \
+        "model" in obj
 
 
 def load_model_for_eval(config: EvalConfig) -> Tuple[nn.Module, Dict[str, Any]]:
     """The detector in `config.weights`, on the CPU, in eval mode.
 
     A training checkpoint (model_*.pth) rebuilds the architecture from the TrainConfig saved
-    in it. Models are built without weights files and then loaded strictly: a trunk trained
-    with FrozenBatchNorm2d loads into BatchNorm2d (which behaves the same in eval mode), so
-    the original weight files need not exist any more. Returns (model, description).
+    in it; arch/backbone/num_classes given in `config` must agree with it, min_size/max_size/
+    model_kwargs given there override the test-time settings. Models are built without
+    weights files and then loaded: a trunk trained with FrozenBatchNorm2d loads into
+    BatchNorm2d (which behaves the same in eval mode), so the original weight files need
+    not exist any more. Returns (model, info): arch, backbone, num_classes, iteration and
+    categories ([{id, name}] by label, when the checkpoint has them).
     """
-    from dynrcnn.modeling import build_detector, load_detector_weights
+    from dynrcnn.modeling import build_detector
 
     if not config.weights:
-        raise ValueError("weights: the checkpoint to evaluate is required")
-    ckpt = load_checkpoint(config.weights)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "model" in ckpt:
-        train_cfg = config_from_dict(TrainConfig, ckpt["config"])
+        raise UsageError("--weights is required: the checkpoint (model_*.pth) or state_dict")
+    ckpt = read_weights_file(config.weights)
+    categories = None
+    if is_training_checkpoint(ckpt):
+        train_cfg = config_from_dict(TrainConfig, {**ckpt["config"], "resume": False,
+                                                   "overwrite": False})
+        for name in ("arch", "backbone", "num_classes"):
+            given, saved = getattr(config, name), getattr(train_cfg, name)
+            if given is not None and given != saved:
+                raise UsageError(f"--{name.replace('_', '-')} {given}: the training "
+                                 f"checkpoint {config.weights} is {name}={saved} (drop "
+                                 f"--{name.replace('_', '-')}, the checkpoint says it)")
         arch, backbone, num_classes = train_cfg.arch, train_cfg.backbone, train_cfg.num_classes
-        kwargs = _model_kwargs(train_cfg)
+        kwargs = {**_model_kwargs(train_cfg), **config.model_kwargs}
+        for name in ("min_size", "max_size"):
+            if getattr(config, name) is not None:
+                kwargs[name] = getattr(config, name)
         dynamic = train_cfg.dynamic if arch in DYNAMIC_ARCHS else None
+        categories = ckpt.get("categories")
     else:
-        arch, backbone, num_classes = config.arch, config.backbone, config.num_classes
-        kwargs, dynamic = _model_kwargs(config), None
+        values = {k: getattr(config, k) if getattr(config, k) is not None else v
+                  for k, v in BARE_DEFAULTS.items()}
+        arch, backbone, num_classes = values["arch"], values["backbone"], config.num_classes
+        kwargs = dict(config.model_kwargs)
+        kwargs.setdefault("min_size", values["min_size"])
+        kwargs.setdefault("max_size", values["max_size"])
+        dynamic = None
     if num_classes is None:
-        raise ValueError("num_classes is unknown: set it (background included)")
+        raise UsageError(f"--num-classes is needed for the bare state_dict {config.weights} "
+                         "(background included)")
     model = build_detector(arch, backbone=backbone, num_classes=num_classes, dynamic=dynamic,
                            **kwargs)
-    if dynamic is not None:
-        model.load_state_dict(ckpt["model"])
-    else:  # strict except for T / beta buffers, whose size depends on the run's interval
-        load_detector_weights(model, config.weights)
+    load_weights(model, _state_of(ckpt), config.weights)
     model.eval()
     info = {"arch": arch, "backbone": backbone, "num_classes": num_classes,
-            "iteration": ckpt.get("iteration") if isinstance(ckpt, dict) else None}
+            "iteration": ckpt.get("iteration") if isinstance(ckpt, Mapping) else None,
+            "categories": categories}
     return model, info

@@ -25,6 +25,20 @@ import torch
 PathLike = Union[str, "os.PathLike[str]"]
 POINTER = "last_checkpoint"
 TMP_PREFIX = ".tmp-"
+FINAL_NAME = "model_final.pth"
+
+
+def _read_umask() -> int:
+    """The process umask (os.umask can only be read by setting it, so set it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files with mode 0600; run files get what open() would give them
+# (0666 minus the umask), like the PNGs matplotlib writes. Read once: changing the umask
+# is process-wide and not thread-safe.
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 def _fsync_dir(directory: str) -> None:
@@ -53,6 +67,7 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[Any]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.chmod(tmp, FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -121,7 +136,7 @@ class Checkpointer:
         self.directory = os.fspath(directory)
 
     def path_for(self, iteration: int, final: bool = False) -> str:
-        name = "model_final.pth" if final else f"model_{iteration:07d}.pth"
+        name = FINAL_NAME if final else f"model_{iteration:07d}.pth"
         return os.path.join(self.directory, name)
 
     def save(self, state: Dict[str, Any], iteration: int, final: bool = False) -> str:
@@ -146,6 +161,23 @@ class Checkpointer:
         """Every checkpoint file in the directory (temporary files excluded)."""
         return sorted(glob.glob(os.path.join(self.directory, "model_*.pth")))
 
+    def prune(self, keep: int) -> List[str]:
+        """Delete all but the newest `keep` periodic checkpoints (keep=0: delete none);
+        model_final.pth and the file the pointer names are never deleted. Call it after the
+        new checkpoint and the pointer are on disk. Returns what it removed."""
+        if keep <= 0:
+            return []
+        current = self.last_checkpoint()
+        periodic = [p for p in self.checkpoints() if os.path.basename(p) != FINAL_NAME]
+        removed = []
+        for path in periodic[:-keep]:  # names sort by iteration (zero-padded)
+            if current is not None and os.path.samefile(path, current):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+        return removed
+
     def remove_stale_temporaries(self) -> List[str]:
         """Delete `.tmp-*` leftovers of a process killed mid-write; returns what it removed."""
         stale = glob.glob(os.path.join(self.directory, TMP_PREFIX + "*"))
@@ -153,3 +185,48 @@ class Checkpointer:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         return stale
+
+
+# --------------------------------------------------------------------------- run directory
+
+# What a training run writes into its out_dir (besides checkpoints and temporaries).
+RUN_FILES = ("config.json", "log.jsonl", "eval.jsonl", "curves.png", "metrics.json",
+             "metrics.md", "results_bbox.json", "results_segm.json", POINTER)
+
+
+def prepare_run_dir(directory: PathLike, resume: bool, overwrite: bool,
+                    delete: bool = True) -> List[str]:
+    """Check a training run's out_dir before anything is built. An existing directory that
+    holds files is refused unless `resume` (the run continues there) or `overwrite`: then the
+    previous run's files (checkpoints, logs, eval_* folders, metrics, plots) are deleted, so
+    nothing stale is read later (e.g. by `compare`). Files a run does not write are left
+    alone (delete=False: check only, for the ranks that do not write). Returns the removed
+    paths. Raises UsageError naming --out-dir."""
+    import shutil
+
+    from dynrcnn.engine.config import UsageError
+
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UsageError(f"--out-dir {directory} exists and is not a directory")
+    if not os.path.isdir(directory) or not os.listdir(directory) or resume:
+        return []
+    if not overwrite:
+        raise UsageError(f"--out-dir {directory} is not empty (an earlier run?): give "
+                         "--resume to continue it, --overwrite to replace it, or another "
+                         "--out-dir")
+    if not delete:
+        return []
+    names = set(RUN_FILES)
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        run_file = entry in names or entry.startswith(TMP_PREFIX) or \
+            (entry.startswith("model_") and entry.endswith(".pth"))
+        if os.path.isdir(path) and entry.startswith("eval_") and not os.path.islink(path):
+            shutil.rmtree(path)
+            removed.append(path)
+        elif run_file and not os.path.isdir(path):
+            os.remove(path)
+            removed.append(path)
+    return removed

@@ -16,10 +16,11 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 from dynrcnn.dynamic import DynamicConfig
 
@@ -50,6 +51,12 @@ class TrainConfig:
     val_ann left empty. `num_classes` (background included) defaults to the dataset's.
     Schedule: linear warmup from warmup_factor * lr over warmup_iters, then x`gamma` at
     each fraction of `iterations` in `steps`. `batch_size` is per process.
+    Run directory: a run refuses an out_dir that already holds files unless `resume`
+    (continue from its last checkpoint) or `overwrite` (delete the previous run's files);
+    these two describe one invocation and are never saved in config.json. Only the last
+    `keep_checkpoints` periodic checkpoints are kept (0: all); model_final.pth always is.
+    Output: a progress bar on a terminal (`progress`); otherwise, or with progress=False,
+    one line per log iteration at most every `log_seconds` seconds (0: every one).
     """
 
     # data
@@ -90,6 +97,9 @@ class TrainConfig:
     log_period: int = 20
     eval_period: int = 0
     resume: bool = False
+    overwrite: bool = False
+    keep_checkpoints: int = 3
+    log_seconds: float = 30.0
     device: Optional[str] = None
     find_unused_parameters: bool = False
     progress: bool = True
@@ -99,26 +109,21 @@ class TrainConfig:
         if isinstance(self.dynamic, dict):  # from JSON
             self.dynamic = DynamicConfig(**self.dynamic)
         self.steps = tuple(float(s) for s in self.steps)
-        positive = {"iterations": self.iterations, "batch_size": self.batch_size,
-                    "checkpoint_period": self.checkpoint_period, "log_period": self.log_period,
-                    "lr_reference_batch": self.lr_reference_batch, "min_size": self.min_size,
-                    "max_size": self.max_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, value in {"eval_period": self.eval_period, "warmup_iters": self.warmup_iters,
-                            "num_workers": self.num_workers, "lr": self.lr, "seed": self.seed,
-                            "weight_decay": self.weight_decay}.items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        _check_bounds(self, positive=("iterations", "batch_size", "checkpoint_period",
+                                      "log_period", "lr_reference_batch", "min_size",
+                                      "max_size"),
+                      non_negative=("eval_period", "warmup_iters", "num_workers", "lr", "seed",
+                                    "weight_decay", "keep_checkpoints", "log_seconds"))
         if not 0.0 < self.warmup_factor <= 1.0:
-            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+            raise UsageError(f"--warmup-factor must be in (0, 1], got {self.warmup_factor}")
         if not 0.0 <= self.hflip <= 1.0:
-            raise ValueError(f"hflip must be a probability in [0, 1], got {self.hflip}")
+            raise UsageError(f"--hflip must be a probability in [0, 1], got {self.hflip}")
         if any(not 0.0 < s <= 1.0 for s in self.steps) or list(self.steps) != sorted(self.steps):
-            raise ValueError(f"steps must be increasing fractions in (0, 1], got {self.steps}")
+            raise UsageError(f"--steps must be increasing fractions in (0, 1], got {self.steps}")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 (or None), got {self.grad_clip}")
+            raise UsageError(f"--grad-clip must be > 0 (or none), got {self.grad_clip}")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite contradict each other: give one")
 
     def data_paths(self) -> Dict[str, Optional[str]]:
         """train/val image folders and annotation files, data_dir filling the gaps."""
@@ -131,30 +136,48 @@ class TrainConfig:
 class EvalConfig:
     """An evaluation run (the CLI's `eval`): a checkpoint on a COCO-format split.
 
-    `weights` is a training checkpoint (model_*.pth: architecture and sizes come from the
-    config stored in it) or a bare state_dict (then arch/backbone/num_classes/min_size/
-    max_size/model_kwargs describe the model).
+    `weights` is a training checkpoint (model_*.pth: the architecture comes from the config
+    stored in it; arch/backbone/num_classes must then be unset or agree with it, while
+    min_size/max_size/model_kwargs, when set, change the test-time settings) or a bare
+    state_dict (then arch/backbone/num_classes/min_size/max_size/model_kwargs describe the
+    model; unset, they are dynamic_rcnn, resnet50_fpn, -, 800 and 1333). With
+    `save_detections`, the detections are written to out_dir/results_<iou type>.json in
+    COCO's results format, with the data set's own image and category ids.
     """
 
     weights: str = ""
     data_dir: Optional[str] = None
     val_images: Optional[str] = None
     val_ann: Optional[str] = None
-    arch: str = "dynamic_rcnn"
-    backbone: str = "resnet50_fpn"
+    arch: Optional[str] = None
+    backbone: Optional[str] = None
     num_classes: Optional[int] = None
-    min_size: int = 800
-    max_size: int = 1333
+    min_size: Optional[int] = None
+    max_size: Optional[int] = None
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     out_dir: str = "runs/eval"
     batch_size: int = 2
     num_workers: int = 2
     device: Optional[str] = None
     progress: bool = True
+    save_detections: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, positive=("batch_size", "min_size", "max_size", "num_classes"),
+                      non_negative=("num_workers",))
 
     def data_paths(self) -> Dict[str, Optional[str]]:
         return resolve_data_paths(self.data_dir, {"val_images": self.val_images,
                                                   "val_ann": self.val_ann})
+
+
+def _check_bounds(config: Any, positive: Tuple[str, ...] = (),
+                  non_negative: Tuple[str, ...] = ()) -> None:
+    for names, low, what in ((positive, 1, ">= 1"), (non_negative, 0, ">= 0")):
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and value < low:
+                raise UsageError(f"{flag_name(name)} must be {what}, got {value}")
 
 
 def resolve_data_paths(data_dir: Optional[str],
@@ -173,37 +196,80 @@ def resolve_data_paths(data_dir: Optional[str],
 # --------------------------------------------------------------------------- JSON
 
 
+# What one invocation does with its run directory, not part of the run's configuration: a
+# config.json must never carry them into the next invocation (a saved "resume": true would
+# make `--config run/config.json` resume whatever the command line says).
+PER_INVOCATION_FIELDS: Tuple[str, ...] = ("resume", "overwrite")
+
+
 def config_to_dict(config: Any) -> Dict[str, Any]:
     """A plain, JSON-serializable dict (nested dataclasses become dicts, tuples lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_from_dict(cls: Type[T], data: Dict[str, Any]) -> T:
-    """Inverse of config_to_dict; unknown keys are an error (a typo must not pass silently)."""
+def config_from_dict(cls: Type[T], data: Dict[str, Any], _prefix: str = "") -> T:
+    """Inverse of config_to_dict; unknown keys are an error (a typo must not pass silently).
+    A nested dataclass may be given partially (its other fields keep their defaults)."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+        raise UsageError(f"unknown {cls.__name__} fields: {unknown}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = config_from_dict(hint, value)
+            value = config_from_dict(hint, value, _prefix=_prefix + key + ".")
         kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as exc:
+        if not _prefix:
+            raise
+        # DynamicConfig's own checks name its fields (k_iou): say which flag that is
+        message = str(exc)
+        for name in sorted(names, key=len, reverse=True):
+            message = re.sub(rf"(?<![-\w]){name}\b", flag_name(_prefix + name), message)
+        raise UsageError(message) from exc
 
 
 def save_config(config: Any, path: str) -> None:
-    """Write config as indented JSON, atomically (a reader never sees half a file)."""
+    """Write config as indented JSON, atomically (a reader never sees half a file); the
+    per-invocation fields (resume, overwrite) are left out."""
     from dynrcnn.engine.checkpoint import atomic_write_text
 
-    atomic_write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n", path)
+    data = {k: v for k, v in config_to_dict(config).items() if k not in PER_INVOCATION_FIELDS}
+    atomic_write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
+
+
+def read_config_file(cls: Type[Any], path: str) -> Dict[str, Any]:
+    """The fields of a config.json as a dict for `cls`, checked (unknown fields, values);
+    per-invocation fields (resume, overwrite) in it are ignored. Errors name the file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--config {path} is a directory, not a config.json") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--config {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} must hold a JSON object of {cls.__name__} fields")
+    data = {k: v for k, v in data.items() if k not in PER_INVOCATION_FIELDS}
+    try:
+        config_from_dict(cls, data)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--config {path}: {exc}") from None
+    return data
 
 
 def load_config(cls: Type[T], path: str) -> T:
-    with open(path) as f:
-        return config_from_dict(cls, json.load(f))
+    return config_from_dict(cls, read_config_file(cls, path))
 
 
 # --------------------------------------------------------------------------- argparse
@@ -239,11 +305,18 @@ def _unwrap_optional(hint: Any) -> Tuple[Any, bool]:
     return hint, False
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any],
-                       prefix: str = "", _dest: str = "") -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any], prefix: str = "",
+                       _dest: str = "",
+                       choices: Optional[Dict[str, Sequence[str]]] = None) -> None:
     """Add one --option per field of dataclass `cls` (nested dataclasses get a prefix:
-    --dynamic-k-iou). Defaults are the dataclass's; booleans get --x / --no-x; tuples take
-    several values; dicts take a JSON object; Optional fields accept 'none'."""
+    --dynamic-k-iou). Booleans get --x / --no-x; tuples take several values; dicts take a
+    JSON object; Optional fields accept 'none'. `choices` maps field names to their
+    allowed values (listed in --help).
+
+    No option has a parser default (argparse.SUPPRESS): the namespace holds exactly the
+    options given on the command line, so `dataclass_from_args` can lay them over a config
+    file, which lies over the dataclass defaults (shown in --help). An option given with
+    the default's value therefore still overrides the file."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} ({prefix.rstrip('-') or 'main'})")
     for f in dataclasses.fields(cls):
@@ -256,39 +329,63 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any],
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
             else f.default
-        doc = f"(default: {default!r})"
+        allowed = (choices or {}).get(f.name)
+        doc = f.metadata.get("help", "")
+        if allowed:
+            doc = (doc + "; " if doc else "") + "one of " + ", ".join(allowed)
+        doc = (doc + " " if doc else "") + f"(default: {default!r})"
+        doc = doc.replace("%", "%%")
+        common = {"dest": dest, "default": argparse.SUPPRESS, "help": doc}
         origin = typing.get_origin(hint)
         if hint is bool:
-            group.add_argument(flag, dest=dest, default=default,
-                               action=argparse.BooleanOptionalAction, help=doc)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif origin in (tuple, list):
             item = typing.get_args(hint)[0]
             convert = _number if item is float else item
-            group.add_argument(flag, dest=dest, default=default, nargs="+", type=convert,
-                               metavar=item.__name__.upper(), help=doc)
+            group.add_argument(flag, nargs="+", type=convert, metavar=item.__name__.upper(),
+                               **common)
         elif origin is dict or hint is dict:
-            group.add_argument(flag, dest=dest, default=default, type=_json_dict,
-                               metavar="JSON", help=doc)
+            group.add_argument(flag, type=_json_dict, metavar="JSON", **common)
         else:
             convert = _number if hint is float else hint
             if optional:
                 convert = _optional(convert)
-            group.add_argument(flag, dest=dest, default=default, type=convert,
-                               metavar=hint.__name__.upper(), help=doc)
+            if allowed:
+                common["choices"] = list(allowed) + ([None] if optional else [])
+            group.add_argument(flag, type=convert, metavar=hint.__name__.upper(), **common)
 
 
-def dataclass_from_args(cls: Type[T], args: argparse.Namespace, prefix: str = "") -> T:
-    """Build `cls` from a namespace filled by add_dataclass_args(parser, cls)."""
+def given_fields(cls: Type[Any], args: argparse.Namespace, prefix: str = "") -> Dict[str, Any]:
+    """The fields of `cls` given on the command line (a namespace of add_dataclass_args),
+    as a dict in config_to_dict's shape (nested dataclasses as partial dicts)."""
     hints = typing.get_type_hints(cls)
     values = vars(args)
-    kwargs: Dict[str, Any] = {}
+    out: Dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         hint, _ = _unwrap_optional(hints[f.name])
         if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = dataclass_from_args(hint, args, prefix=prefix + f.name + _SEP)
+            nested = given_fields(hint, args, prefix=prefix + f.name + _SEP)
+            if nested:
+                out[f.name] = nested
+            continue
+        if prefix + f.name not in values:
             continue
         value = values[prefix + f.name]
         if typing.get_origin(hint) is tuple and value is not None:
             value = tuple(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+        out[f.name] = value
+    return out
+
+
+def dataclass_from_args(cls: Type[T], args: argparse.Namespace,
+                        base: Optional[Dict[str, Any]] = None) -> T:
+    """Build `cls` from the options given in `args` (see add_dataclass_args), laid over
+    `base` (e.g. a config file's fields), laid over the dataclass defaults."""
+    merged = dict(base or {})
+    for key, value in given_fields(cls, args).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and \
+                dataclasses.is_dataclass(_unwrap_optional(typing.get_type_hints(cls)[key])[0]):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return config_from_dict(cls, merged)

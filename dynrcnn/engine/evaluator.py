@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -110,7 +111,8 @@ def run_inference(model: nn.Module, dataset: Any, device: torch.device, batch_si
 
 
 def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
+    # a bar only on a terminal: piped into a file, its redraws become one line each
+    if not (enabled and sys.stderr.isatty()):
         return iterable
     try:
         from tqdm import tqdm
@@ -277,18 +279,26 @@ def evaluate(model: nn.Module, dataset: Any, device: Optional[torch.device] = No
 
 
 def run_evaluation(config: Any) -> Dict[str, Dict[str, float]]:
-    """The CLI's `eval`: load config.weights (see builders.load_model_for_eval), evaluate
-    on the val split of config (an EvalConfig), write metrics.json / metrics.md into
+    """The CLI's `eval`: load config.weights (see builders.load_model_for_eval), check that
+    the val split of config (an EvalConfig) has the model's classes, evaluate, write
+    metrics.json / metrics.md (and results_<iou type>.json with save_detections) into
     config.out_dir. Works under torchrun (each rank a shard)."""
-    from dynrcnn.engine.builders import build_val_dataset, load_model_for_eval
+    from dynrcnn.engine.builders import build_val_dataset, check_categories, load_model_for_eval
+    from dynrcnn.engine.config import UsageError
     from dynrcnn.engine.distributed import init_distributed, shutdown
 
+    if os.path.exists(config.out_dir) and not os.path.isdir(config.out_dir):
+        raise UsageError(f"--out-dir {config.out_dir} exists and is not a directory")
     info = init_distributed(config.device)
     try:
-        model, _ = load_model_for_eval(config)
-        model.to(info.device)
+        model, model_info = load_model_for_eval(config)
         dataset = build_val_dataset(config)
+        # before inference: a data set with other classes would fail only at the end
+        check_categories(dataset, model_info["num_classes"], model_info["categories"],
+                         "--val-ann", config.weights)
+        model.to(info.device)
         return evaluate(model, dataset, info.device, config.batch_size, config.num_workers,
-                        out_dir=config.out_dir, progress=config.progress)
+                        out_dir=config.out_dir, progress=config.progress,
+                        save_results=config.save_detections)
     finally:
         shutdown(info)

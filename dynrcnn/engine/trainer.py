@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import random
+import sys
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -31,12 +32,14 @@ from dynrcnn.engine.builders import (
     build_model,
     build_train_dataset,
     build_val_dataset,
+    dataset_categories,
     get_dynamic_state,
 )
 from dynrcnn.engine.checkpoint import (
     Checkpointer,
     capture_rng_state,
     load_checkpoint,
+    prepare_run_dir,
     restore_rng_state,
 )
 from dynrcnn.engine.config import TrainConfig, config_to_dict, save_config
@@ -62,8 +65,9 @@ log = logging.getLogger("dynrcnn.engine")
 Hook = Callable[["Trainer", int], None]
 CHECKPOINT_FORMAT = 1
 # config fields that may change between a run and its resume without a warning
-_RESUME_FREE = {"resume", "progress", "plot", "num_workers", "log_period", "eval_period",
-                "checkpoint_period", "device"}
+_RESUME_FREE = {"resume", "overwrite", "progress", "plot", "num_workers", "log_period",
+                "eval_period", "checkpoint_period", "device", "keep_checkpoints",
+                "log_seconds"}
 
 
 def seed_everything(seed: int) -> None:
@@ -94,6 +98,9 @@ class Trainer:
         self.device = self.dist.device
         self.is_main = self.dist.is_main
         self.hooks = list(hooks)
+        # Before any data is read: a used --out-dir is refused (or cleared with overwrite) at
+        # once. Every rank checks, only rank 0 deletes.
+        prepare_run_dir(config.out_dir, config.resume, config.overwrite, delete=self.is_main)
         self.train_dataset = train_dataset if train_dataset is not None else \
             build_train_dataset(config)
         self._val_dataset = val_dataset
@@ -127,6 +134,7 @@ class Trainer:
         self.resumed_from: Optional[str] = None
         self.last_checkpoint: Optional[str] = None
         self.last_metrics: Optional[Dict[str, Any]] = None
+        self._last_print: Optional[float] = None  # time of the last progress line
         rng = self._resume() if cfg.resume else None
 
         if self.dist.world_size > 1:
@@ -204,6 +212,8 @@ class Trainer:
             "rng": rng if rng is not None else [],
             "config": config_to_dict(self.config),
             "world_size": self.dist.world_size,
+            # the data set's category ids and names by label, for eval / predict
+            "categories": dataset_categories(self.train_dataset),
         }
 
     def save_checkpoint(self, iteration: int, final: bool = False) -> Optional[str]:
@@ -215,6 +225,8 @@ class Trainer:
         if not self.is_main:
             return None
         self.last_checkpoint = self.checkpointer.save(state, iteration, final=final)
+        # after the new file and the pointer are on disk, never before
+        self.checkpointer.prune(self.config.keep_checkpoints)
         return self.last_checkpoint
 
     # ------------------------------------------------------------------ data / eval
@@ -322,6 +334,8 @@ class Trainer:
                         writer.write(last_record)
                     if bar is not None:
                         bar.set_postfix(self._bar_fields(last_record), refresh=False)
+                    elif self.is_main:
+                        self._print_progress(last_record)
                 if is_ckpt:
                     self.save_checkpoint(n, final=n == cfg.iterations)
                 if cfg.eval_period and (n % cfg.eval_period == 0 or n == cfg.iterations):
@@ -360,8 +374,24 @@ class Trainer:
             record["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         return record
 
+    def _print_progress(self, record: Dict[str, Any]) -> None:
+        """Without a progress bar: one line per log iteration at most every log_seconds
+        (and the last), so a long run's piped output grows with time, not iterations."""
+        now = time.perf_counter()
+        n, total = record["iteration"], self.config.iterations
+        last = self._last_print
+        if last is not None and now - last < self.config.log_seconds and n < total:
+            return
+        self._last_print = now
+        fields = self._bar_fields(record)
+        rate = 1.0 / record["time"] if record.get("time") else float("inf")
+        eta = int((total - n) * record.get("time", 0.0))
+        print(f"it {n}/{total} " + " ".join(f"{k}={v}" for k, v in fields.items())
+              + f" {rate:.1f} it/s eta {eta // 60}m{eta % 60:02d}s", flush=True)
+
     def _progress_bar(self) -> Any:
-        if not (self.is_main and self.config.progress):
+        # tqdm only on a terminal: piped into a file, its redraws become thousands of lines
+        if not (self.is_main and self.config.progress and sys.stderr.isatty()):
             return None
         try:
             from tqdm import tqdm

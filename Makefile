@@ -47,8 +47,10 @@ test-cpp: install
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
 
+# The installed command, as README's users run it. Piped into a file it prints a progress
+# line every 30 s instead of a progress bar; a rerun replaces runs/demo (--resume continues).
 demo: install
-	$(PY) -m dynrcnn demo --data data/synthetic --out runs/demo
+	$(VENV)/bin/dynrcnn demo --data data/synthetic --out runs/demo
 
 bench: install
 	$(PY) benchmarks/bench_ops.py

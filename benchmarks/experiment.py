@@ -1,156 +1,133 @@
-"""The paper's ablation (Table 3) at small scale on the synthetic data, on one CPU:
+"""The accuracy study of issue 9: the paper's ablations at small scale, with seeds and
+paired 95% confidence intervals (library: dynrcnn.study; this is its command line).
 
-    baseline   fixed T = 0.5, beta = 1.0 (Faster R-CNN's sampling rule, SmoothL1 beta 1)
-    dla        Dynamic Label Assignment only (T from the proposals, beta = 1.0)
-    dsl        Dynamic SmoothL1 only (T = 0.5, beta from the regression errors)
-    dla_dsl    Dynamic R-CNN
-    cascade    Cascade R-CNN (0.5 / 0.6 / 0.7)
+    python benchmarks/experiment.py                   # the core study (Table 3, T=0.6,
+                                                      # Cascade; 3 seeds each)
+    python benchmarks/experiment.py --arms all        # every arm (Tables 1, 3, 4, 5,
+                                                      # Cascade, controls)
+    python benchmarks/experiment.py --quick --out /tmp/smoke    # smoke run, under a minute
+    python benchmarks/experiment.py --learning-curve --longest 6000 --steps 4
+    python benchmarks/experiment.py --report-only     # tables from the finished runs
+    python benchmarks/experiment.py --status          # which runs are finished
 
-Same data, backbone, schedule and seed for all; each run is trained, then evaluated, and
-the AP-per-IoU table (AP, AP50..AP90) and plot go to --out. The first four share the RoI
-head code (DynamicRoIHeads with DLA / DSL switched on or off) and the RPN settings, so
-only the dynamic parts differ. Runs are resumable: rerunning continues unfinished runs from
-their last checkpoint and skips finished ones.
+Resumable and safe in the background (e.g. `nohup python benchmarks/experiment.py &`):
+each (arm, seed) is a training run directory under --out; finished runs are skipped, half-
+finished ones resume from their checkpoint, and only finished runs enter the report. Runs
+use one thread each (--threads), at most two side by side (--jobs); progress goes to
+<out>/study.log. Arms: `--list-arms`.
 
-Controls, run with --only (they are not part of the default set):
-
-    faster          torchvision's Faster R-CNN RoIHeads (RPN NMS 0.7, as cascade)
-    baseline_nms07  baseline with RPN NMS 0.7: against faster, our heads vs torchvision's;
-                    against baseline, what the paper's RPN NMS 0.85 does with 300 proposals
-    dla_dsl_nms07   Dynamic R-CNN with RPN NMS 0.7
-    dla_nms07, dsl_nms07, dla_dsl_nms07_ki30
-                    DLA only, DSL only, and Dynamic R-CNN with KI = 30, at RPN NMS 0.7
-
---seeds runs every variant once per seed (seed 0 in --out/<name>, seed s in
---out/seed<s>/<name>) and adds the mean and standard deviation over seeds to the report.
-
-    python benchmarks/experiment.py --out runs/ablation            # ~35 min on 2 cores
-    python benchmarks/experiment.py --only baseline dla_dsl --seeds 0 1 \
-        --results benchmarks/results/ablation_cpu_seeds.md
+The report (--results, default benchmarks/results/study_cpu.md) names hardware, commit,
+command and seeds; beside it <stem>_ap_vs_iou.png and <stem>.json (per-run numbers).
+The earlier single-seed ablations' reports under benchmarks/results/ablation_cpu*.md stay as
+they were written (their runs used the demo's data set and `small_cpu_config`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
-import platform
-import statistics
+import shlex
 import sys
-import time
-from typing import Any, Dict
+from typing import Any, Optional, Sequence
 
-import torch
+from dynrcnn.engine.config import UsageError
+from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
+from dynrcnn.study.arms import seeds_for
+from dynrcnn.study.curve import run_learning_curve
+from dynrcnn.study.report import report_study
 
-from dynrcnn.engine.compare import compare_runs, load_run_metrics
-from dynrcnn.engine.presets import ensure_synthetic_data, small_cpu_config
-
-FIXED = {"init_iou": 0.5, "iou_floor": 0.5, "update_iou": False}
-VARIANTS: Dict[str, Dict[str, Any]] = {
-    "baseline": {"arch": "dynamic_rcnn", "dynamic": {**FIXED, "update_beta": False}},
-    "dla": {"arch": "dynamic_rcnn", "dynamic": {"update_beta": False}},
-    "dsl": {"arch": "dynamic_rcnn", "dynamic": dict(FIXED)},
-    "dla_dsl": {"arch": "dynamic_rcnn", "dynamic": {}},
-    "cascade": {"arch": "cascade_rcnn", "dynamic": {}},
-}
-NMS07 = {"rpn_nms_thresh": 0.7}
-CONTROLS: Dict[str, Dict[str, Any]] = {
-    "faster": {"arch": "faster_rcnn", "dynamic": None},
-    "baseline_nms07": {**VARIANTS["baseline"], "model": NMS07},
-    "dla_dsl_nms07": {**VARIANTS["dla_dsl"], "model": NMS07},
-    "dla_nms07": {**VARIANTS["dla"], "model": NMS07},
-    "dsl_nms07": {**VARIANTS["dsl"], "model": NMS07},
-    # KI doubled: T follows the 30th instead of the 15th largest IoU per image (lower T)
-    "dla_dsl_nms07_ki30": {"arch": "dynamic_rcnn", "dynamic": {"k_iou": 30}, "model": NMS07},
-}
-ALL_RUNS = {**VARIANTS, **CONTROLS}
+DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
 
 
-def run_dir(out: str, name: str, seed: int) -> str:
-    return os.path.join(out, name) if seed == 0 else os.path.join(out, f"seed{seed}", name)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmarks/experiment.py",
+                                description=__doc__.splitlines()[0])
+    d = StudySpec(out_dir="", data_dir="")
+    p.add_argument("--out", default="runs/study", help="run directories and study.log")
+    p.add_argument("--data", default=None,
+                   help="study data set (default: data/study_<image-size>; generated once)")
+    p.add_argument("--arms", nargs="+", default=["core"],
+                   help="arm names, 'core' or 'all' (default: core)")
+    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--interval", type=int, default=d.interval, help="C of the dynamic arms")
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--core-seeds", type=int, default=d.core_seeds)
+    p.add_argument("--other-seeds", type=int, default=d.other_seeds)
+    p.add_argument("--jobs", type=int, default=d.jobs, help="runs side by side (1 or 2)")
+    p.add_argument("--threads", type=int, default=d.threads, help="threads per run")
+    p.add_argument("--num-train", type=int, default=d.num_train)
+    p.add_argument("--num-val", type=int, default=d.num_val)
+    p.add_argument("--results", default=None,
+                   help=f"Markdown report (default {DEFAULT_RESULTS}; --quick: <out>/report.md)")
+    p.add_argument("--quick", action="store_true", help="smoke study at tiny sizes")
+    p.add_argument("--report-only", action="store_true", help="no training: report only")
+    p.add_argument("--status", action="store_true", help="list the runs and their state")
+    p.add_argument("--list-arms", action="store_true", help="list the arms and exit")
+    p.add_argument("--learning-curve", action="store_true",
+                   help="baseline at a ladder of schedules; picks the study's schedule")
+    p.add_argument("--longest", type=int, default=6000, help="learning curve: longest run")
+    p.add_argument("--steps", type=int, default=4, help="learning curve: schedules")
+    return p
 
 
-def run_variant(name: str, spec: Dict[str, Any], args: argparse.Namespace,
-                seed: int) -> Dict[str, Any]:
-    from dynrcnn.engine import train
-
-    out = run_dir(args.out, name, seed)
-    done = os.path.isfile(os.path.join(out, "model_final.pth"))
-    if done:
-        print(f"[{name} seed {seed}] finished earlier: reusing {out}", flush=True)
-        return {"metrics": load_run_metrics(out)}
-    config = small_cpu_config(args.data, out, spec["arch"], args.iterations, args.interval,
-                              args.image_size, resume=os.path.isdir(out), seed=seed,
-                              dynamic=spec["dynamic"], model_kwargs=spec.get("model"))
-    start = time.perf_counter()
-    summary = train(config)
-    print(f"[{name} seed {seed}] {time.perf_counter() - start:.0f}s "
-          f"T={summary.get('iou_thr')} beta={summary.get('beta')}", flush=True)
-    return summary
+def spec_from_args(args: argparse.Namespace) -> StudySpec:
+    if args.quick:
+        spec = quick_spec(args.out)
+        return dataclasses.replace(spec, jobs=args.jobs, threads=args.threads)
+    return StudySpec(out_dir=args.out, data_dir=args.data or f"data/study_{args.image_size}",
+                     arms=args.arms, iterations=args.iterations, interval=args.interval,
+                     image_size=args.image_size, core_seeds=args.core_seeds,
+                     other_seeds=args.other_seeds, jobs=args.jobs, threads=args.threads,
+                     num_train=args.num_train, num_val=args.num_val)
 
 
-def seed_statistics(dirs: Dict[str, Dict[int, str]]) -> str:
-    """Markdown: per variant with two or more seeds, mean +- standard deviation (over seeds,
-    n - 1) of AP and AP50..AP90."""
-    from dynrcnn.engine.evaluator import IOU_COLUMNS
-
-    columns = ["AP", *IOU_COLUMNS]
-    lines = ["| | seeds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
-    for name, by_seed in dirs.items():
-        if len(by_seed) < 2:
-            continue
-        metrics = [load_run_metrics(d) for d in by_seed.values()]
-        cells = []
-        for c in columns:
-            values = [100 * m[c] for m in metrics]
-            cells.append(f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}")
-        seeds = ",".join(str(s) for s in by_seed)
-        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+def list_arms(core_seeds: int, other_seeds: int) -> str:
+    lines = []
+    for arm in ARMS.values():
+        n = len(seeds_for(arm, core_seeds, other_seeds))
+        mark = "core" if arm.name in CORE else "    "
+        lines.append(f"{arm.name:14s} {mark} {arm.table:8s} {n} seeds  {arm.description}")
+    return "\n".join(lines)
 
 
-def main(argv: Any = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="data/synthetic")
-    parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--iterations", type=int, default=1200)
-    parser.add_argument("--interval", type=int, default=20)
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="run every variant once per seed (default: 0)")
-    parser.add_argument("--only", nargs="+", choices=list(ALL_RUNS),
-                        help="these runs instead of the default five (controls included)")
-    parser.add_argument("--results", default="benchmarks/results/ablation_cpu.md",
-                        help="Markdown report to write (with hardware and command)")
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in
+                                   ["benchmarks/experiment.py", *(argv if argv is not None
+                                                                  else sys.argv[1:])])
+    try:
+        return run(args, command)
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
-    ensure_synthetic_data(args.data, 400, 60, args.image_size)
-    names = args.only or list(VARIANTS)
-    finals: Dict[str, Dict[str, Any]] = {}
-    dirs: Dict[str, Dict[int, str]] = {name: {} for name in names}
-    labels, paths = [], []
-    for seed in args.seeds:
-        for name in names:
-            summary = run_variant(name, ALL_RUNS[name], args, seed)
-            label = name if len(args.seeds) == 1 else f"{name} (seed {seed})"
-            finals[label] = {k: summary.get(k) for k in ("iou_thr", "beta")}
-            dirs[name][seed] = run_dir(args.out, name, seed)
-            labels.append(label)
-            paths.append(dirs[name][seed])
-    table = compare_runs(paths, args.out, labels)
-    spread = seed_statistics(dirs)
-    if spread:
-        table += "\nMean ± standard deviation over seeds:\n\n" + spread
-    print(table)
-    header = (f"# Ablation at small scale (synthetic data, tiny_fpn, {args.iterations} it)\n\n"
-              f"- hardware: {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads; torch {torch.__version__}\n"
-              f"- command: `{' '.join([sys.executable.split('/')[-1]] + sys.argv)}`\n"
-              f"- date: {time.strftime('%Y-%m-%d')}\n\n")
-    finals_text = "Final T / beta: " + json.dumps(finals) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-    with open(args.results, "w") as f:
-        f.write(header + table + "\n" + finals_text)
+
+def run(args: argparse.Namespace, command: str) -> int:
+    if args.list_arms:
+        print(list_arms(args.core_seeds, args.other_seeds))
+        return 0
+    spec = spec_from_args(args)
+    if args.learning_curve:
+        _, text = run_learning_curve(spec, args.longest, args.steps)
+        print(text)
+        return 0
+    results = args.results or (os.path.join(args.out, "report.md") if args.quick
+                               else DEFAULT_RESULTS)
+    jobs = plan(spec)
+    if args.status:
+        for job in jobs:
+            state = "finished" if job.finished() else "partial" if job.started() else "todo"
+            print(f"{state:8s} {job.name:24s} {job.run_dir}")
+        return 0
+    if not args.report_only:
+        jobs = Runner(spec, jobs=jobs).run()
+        jobs = plan(spec)
+    info: dict[str, Any] = dataclasses.asdict(spec)
+    text = report_study(jobs, results, info, command)
+    print(text)
+    print(f"report written to {results}")
     return 0
 
 

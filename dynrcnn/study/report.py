@@ -1,0 +1,261 @@
+"""The study's report: per-arm tables (mean ± sd over seeds), paired differences to the
+baseline with 95% t-intervals, the Figure-1 diagnostics, an AP-vs-IoU plot with error bars,
+and a header naming hardware, commit, command and seeds. Only finished runs enter."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from dynrcnn.engine.checkpoint import atomic_write_text
+from dynrcnn.engine.logger import read_jsonl
+from dynrcnn.study.arms import ARMS, BASELINE, TABLES
+from dynrcnn.study.layout import final_metrics_path
+from dynrcnn.study.stats import paired_difference, summarize
+
+COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
+DIAGNOSTICS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou")
+EARLY_FRACTION = 0.1  # "early proposals": the logged windows of the first 10% of a run
+
+
+@dataclass
+class RunResult:
+    """The numbers of one finished (arm, seed) run; metrics in AP points (x100)."""
+
+    arm: str
+    seed: int
+    metrics: Dict[str, float]
+    final_t: Optional[float]
+    final_beta: Optional[float]
+    early: Dict[str, Optional[float]]
+    late: Dict[str, Optional[float]]
+
+
+def _window_mean(rows: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def load_result(arm: str, seed: int, run_dir: str, iterations: int) -> RunResult:
+    """RunResult of a finished run directory (its final metrics and log.jsonl)."""
+    with open(final_metrics_path(run_dir, iterations)) as f:
+        data = json.load(f)
+    bbox = data.get("bbox", data)
+    rows = read_jsonl(os.path.join(run_dir, "log.jsonl"))
+    cut = max(1, round(EARLY_FRACTION * iterations))
+    early = [r for r in rows if r["iteration"] <= cut] or rows[:1]
+    late = [r for r in rows if r["iteration"] > iterations - cut] or rows[-1:]
+    last = rows[-1] if rows else {}
+    return RunResult(
+        arm, seed, {c: 100.0 * float(bbox[c]) for c in COLUMNS if c in bbox},
+        last.get("iou_thr"), last.get("beta"),
+        {k: _window_mean(early, k) for k in DIAGNOSTICS},
+        {k: _window_mean(late, k) for k in DIAGNOSTICS})
+
+
+def _by_arm(results: Sequence[RunResult]) -> Dict[str, List[RunResult]]:
+    out: Dict[str, List[RunResult]] = {}
+    for r in sorted(results, key=lambda r: (r.arm, r.seed)):
+        out.setdefault(r.arm, []).append(r)
+    return out
+
+
+def _mean_text(values: Sequence[Optional[float]], digits: int) -> str:
+    given = [v for v in values if v is not None]
+    return summarize(given).text(digits) if given else "-"
+
+
+def arm_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
+    """Markdown: per arm, seeds, mean ± sd of AP and AP50..AP90, final T / beta."""
+    groups = _by_arm(results)
+    head = "| arm | seeds | " + " | ".join(COLUMNS) + " | final T | final beta |"
+    lines = [head, "|---|---|" + "---:|" * (len(COLUMNS) + 2)]
+    for arm in arms:
+        runs = groups.get(arm)
+        if not runs:
+            continue
+        cells = [summarize([r.metrics[c] for r in runs]).text() for c in COLUMNS]
+        seeds = ",".join(str(r.seed) for r in runs)
+        lines.append(f"| {arm} | {seeds} | " + " | ".join(cells)
+                     + f" | {_mean_text([r.final_t for r in runs], 3)}"
+                     + f" | {_mean_text([r.final_beta for r in runs], 3)} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def paired_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
+    """Markdown: arm - baseline at the same seed, mean and 95% t-interval per column."""
+    groups = _by_arm(results)
+    base = {r.seed: r for r in groups.get(BASELINE, [])}
+    lines = ["| arm - baseline | " + " | ".join(COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for arm in arms:
+        if arm == BASELINE or arm not in groups:
+            continue
+        cells = []
+        for c in COLUMNS:
+            diff = paired_difference({r.seed: r.metrics[c] for r in groups[arm]},
+                                     {s: r.metrics[c] for s, r in base.items()})
+            cells.append("-" if diff is None else
+                         diff.text() + (" *" if diff.excludes_zero else ""))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def diagnostics_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
+    """Markdown: Figure 1 per arm, early in training and at its end (means over seeds)."""
+    groups = _by_arm(results)
+    lines = ["| arm | " + " | ".join(f"{k} early" for k in DIAGNOSTICS) + " | "
+             + " | ".join(f"{k} end" for k in DIAGNOSTICS) + " |",
+             "|---|" + "---:|" * (2 * len(DIAGNOSTICS))]
+    for arm in arms:
+        runs = groups.get(arm)
+        if not runs or all(r.early.get("props_iou50") is None for r in runs):
+            continue
+        early = [_mean_text([r.early.get(k) for r in runs], 2) for k in DIAGNOSTICS]
+        late = [_mean_text([r.late.get(k) for r in runs], 2) for k in DIAGNOSTICS]
+        lines.append(f"| {arm} | " + " | ".join(early + late) + " |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def table1_direction(results: Sequence[RunResult]) -> str:
+    """One sentence: does fixed T = 0.6 show the paper's Table 1 direction against T = 0.5
+    (AP at or below, AP90 above)? Stated from the paired means and intervals."""
+    groups = _by_arm(results)
+    if "t060" not in groups or BASELINE not in groups:
+        return "Table 1 direction: not measured (t060 or baseline missing)."
+    base = {r.seed: r for r in groups[BASELINE]}
+    parts = {}
+    for c in ("AP", "AP90"):
+        parts[c] = paired_difference({r.seed: r.metrics[c] for r in groups["t060"]},
+                                     {s: r.metrics[c] for s, r in base.items()})
+    ap, ap90 = parts["AP"], parts["AP90"]
+    if ap is None or ap90 is None:
+        return "Table 1 direction: no seed has both t060 and baseline."
+    holds = ap.mean <= 0 and ap90.mean > 0
+    return (f"Table 1 direction (paper: T=0.6 at or below T=0.5 in AP, above it in AP90): "
+            f"{'shown' if holds else 'NOT shown'} here: AP {ap.text()}, AP90 {ap90.text()}.")
+
+
+def plot_ap_vs_iou(results: Sequence[RunResult], out: str,
+                   groups_of_arms: Dict[str, Sequence[str]]) -> Optional[str]:
+    """AP at IoU 0.5..0.9 per arm, mean with sd error bars; one panel per table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _by_arm(results)
+    panels = [(t, [a for a in arms if a in groups]) for t, arms in groups_of_arms.items()]
+    panels = [(t, arms) for t, arms in panels if arms]
+    if not panels:
+        return None
+    ious = [int(c[2:]) / 100 for c in COLUMNS[1:]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, arms) in zip(axes[0], panels):
+        for k, arm in enumerate(arms):
+            stats = [summarize([r.metrics[c] for r in groups[arm]]) for c in COLUMNS[1:]]
+            shift = (k - (len(arms) - 1) / 2) * 0.004  # keep the error bars apart
+            ax.errorbar([x + shift for x in ious], [s.mean for s in stats],
+                        yerr=[s.sd or 0.0 for s in stats], marker="o", capsize=3,
+                        label=f"{arm} (n={len(groups[arm])})")
+        ax.set_title(title)
+        ax.set_xlabel("IoU threshold")
+        ax.set_ylabel("AP (mean ± sd over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def hardware() -> str:
+    """CPU model and core count (the report's hardware line)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical cores"
+
+
+def git_commit(cwd: Optional[str] = None) -> str:
+    """HEAD's hash, with '+uncommitted changes' when the tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, text=True, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted changes" if dirty.strip() else "")
+
+
+def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
+                 command: str, planned: int) -> str:
+    """Write the Markdown report (path), its plot (<stem>_ap_vs_iou.png) and the raw
+    per-run numbers (<stem>.json); returns the Markdown text."""
+    import torch
+
+    stem = os.path.splitext(path)[0]
+    arms = [a for a in ARMS if any(r.arm == a for r in results)]
+    tables = {t: [a for a in names if a in arms] for t, names in TABLES.items()}
+    plot = plot_ap_vs_iou(results, stem + "_ap_vs_iou.png", tables)
+    seeds = {a: sorted(r.seed for r in results if r.arm == a) for a in arms}
+    lines = [
+        f"# Accuracy study ({len(results)} of {planned} runs finished)", "",
+        f"- hardware: {hardware()}; torch {torch.__version__}; {spec.get('threads')} thread(s) "
+        f"per run, {spec.get('jobs')} run(s) side by side",
+        f"- commit: {git_commit(os.path.dirname(os.path.abspath(__file__)))}",
+        f"- command: `{command}`",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes')}",
+        f"- data: recipe '{spec.get('recipe')}', {spec.get('num_train')} train / "
+        f"{spec.get('num_val')} val images of {spec.get('image_size')} px, generated with "
+        "seed 0",
+        f"- schedule: {spec.get('iterations')} iterations (x the arm's schedule factor), "
+        f"C = {spec.get('interval')}, tiny_fpn, batch 4, 300 RPN proposals per image",
+        "- seeds: " + "; ".join(f"{a} {','.join(map(str, s))}" for a, s in seeds.items()),
+        "", "Numbers are COCO AP (x100) on the validation split, mean ± sample sd over "
+        "seeds. Paired differences: arm minus baseline at the same seed, mean and 95% "
+        "t-interval over the n paired seeds (* = the interval excludes 0).", "",
+        table1_direction(results), "",
+    ]
+    for title, names in tables.items():
+        text = arm_table(results, names)
+        if text:
+            lines += [f"## {title}", "", text]
+    diff = paired_table(results, arms)
+    if diff:
+        lines += ["## Paired differences to the baseline (95% CI)", "", diff]
+    diag = diagnostics_table(results, arms)
+    if diag:
+        lines += ["## Figure-1 diagnostics", "",
+                  f"Proposals per image with IoU >= 0.5 / 0.6 / 0.7 and the KI-th largest "
+                  f"IoU, averaged over the first and the last {EARLY_FRACTION:.0%} of each "
+                  "run's iterations, then over seeds.", "", diag]
+    if plot:
+        lines += [f"![AP vs IoU]({os.path.basename(plot)})", ""]
+    text = "\n".join(lines)
+    atomic_write_text(text, path)
+    raw = [{"arm": r.arm, "seed": r.seed, **r.metrics, "final_t": r.final_t,
+            "final_beta": r.final_beta, "early": r.early, "late": r.late} for r in results]
+    atomic_write_text(json.dumps({"spec": spec, "command": command, "runs": raw}, indent=1),
+                      stem + ".json")
+    return text
+
+
+def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str) -> str:
+    """write_report over the finished ones of `jobs` (runner.Job)."""
+    results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations)
+               for j in jobs if j.finished()]
+    return write_report(results, path, spec, command, planned=len(jobs))

@@ -1,0 +1,303 @@
+"""The study runner: (arm, seed) jobs as training run directories, run one thread each, at
+most `jobs` side by side, resumable and safe to leave in the background.
+
+Layout of `out_dir`:
+
+    study.log                 progress lines (also printed), appended across invocations
+    study.lock                pid of the runner working on out_dir (a second one refuses)
+    <arm>/seed<s>/            one training run: job.json (its TrainConfig), train.log (the
+                              worker's output), log.jsonl, checkpoints, eval_<it>/metrics.json
+
+A job is finished when its final metrics exist: rerunning skips it. A job with
+checkpoints but no final metrics resumes from its last checkpoint (exactly, see the
+trainer). Only finished jobs enter the report. Stopping the runner (Ctrl-C, SIGTERM) stops
+its workers; the next invocation continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from dynrcnn.engine.config import TrainConfig, UsageError, save_config
+from dynrcnn.engine.presets import small_cpu_config
+from dynrcnn.study.arms import Arm, seeds_for, select_arms
+from dynrcnn.study.layout import JOB_FILE, final_metrics_path
+
+
+@dataclass
+class StudySpec:
+    """What to run. iterations / interval (C) / image_size are the schedule and size of
+    every arm (an arm's `schedule` multiplies iterations); core_seeds / other_seeds: seeds
+    of the core arms and of the others; jobs: runs side by side (one thread each)."""
+
+    out_dir: str
+    data_dir: str
+    arms: List[str] = field(default_factory=lambda: ["core"])
+    iterations: int = 3000
+    interval: int = 50
+    image_size: int = 256
+    core_seeds: int = 3
+    other_seeds: int = 2
+    jobs: int = 1
+    threads: int = 1
+    num_train: int = 2000
+    num_val: int = 500
+    recipe: str = "study"
+    log_period: int = 20
+    plot: bool = True  # each run's curves.png (with the Figure-1 row)
+
+    def __post_init__(self) -> None:
+        checks = {"--iterations": self.iterations, "--interval": self.interval,
+                  "--image-size": self.image_size, "--core-seeds": self.core_seeds,
+                  "--other-seeds": self.other_seeds, "--threads": self.threads,
+                  "--num-train": self.num_train, "--num-val": self.num_val}
+        for flag, value in checks.items():
+            if value < 1:
+                raise UsageError(f"{flag} must be >= 1, got {value}")
+        if not 1 <= self.jobs <= 2:
+            raise UsageError(f"--jobs must be 1 or 2 (a 2-core machine), got {self.jobs}")
+        try:
+            select_arms(self.arms)
+        except ValueError as exc:
+            raise UsageError(f"--arms: {exc}") from None
+
+
+def quick_spec(out_dir: str) -> StudySpec:
+    """A smoke study that runs in well under a minute: two arms, two seeds, 4 iterations on
+    twelve 64-px images (numbers meaningless; it exercises every path)."""
+    return StudySpec(out_dir=out_dir, data_dir=os.path.join(out_dir, "data"),
+                     arms=["baseline", "dla_dsl"], iterations=4, interval=2, image_size=64,
+                     core_seeds=2, other_seeds=2, num_train=12, num_val=6, log_period=2,
+                     plot=False)
+
+
+@dataclass
+class Job:
+    arm: Arm
+    seed: int
+    run_dir: str
+    config: TrainConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.name} seed {self.seed}"
+
+    def finished(self) -> bool:
+        return os.path.isfile(final_metrics_path(self.run_dir, self.config.iterations))
+
+    def started(self) -> bool:
+        return bool(glob.glob(os.path.join(self.run_dir, "model_*.pth")))
+
+
+def plan(spec: StudySpec, arms: Optional[Sequence[Arm]] = None,
+         overrides: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Job]:
+    """Every (arm, seed) job of the study (of `arms` instead of spec.arms if given), seed-
+    major so that paired comparisons become available early. overrides: extra TrainConfig
+    fields per arm name (e.g. eval_period for the learning curve)."""
+    jobs = []
+    arms = list(arms) if arms is not None else select_arms(spec.arms)
+    for seed in range(max(spec.core_seeds, spec.other_seeds)):
+        for arm in arms:
+            if seed not in seeds_for(arm, spec.core_seeds, spec.other_seeds):
+                continue
+            run_dir = os.path.join(spec.out_dir, arm.name, f"seed{seed}")
+            iterations = max(1, round(spec.iterations * arm.schedule))
+            config = small_cpu_config(
+                spec.data_dir, run_dir, arm.arch, iterations, spec.interval, spec.image_size,
+                resume=True, seed=seed, dynamic=arm.dynamic_config(spec.interval),
+                model_kwargs=arm.model_kwargs(), progress=False, log_period=spec.log_period,
+                plot=spec.plot,
+                **(overrides or {}).get(arm.name, {}))
+            jobs.append(Job(arm, seed, run_dir, config))
+    return jobs
+
+
+def ensure_study_data(spec: StudySpec, log: Callable[[str], None]) -> None:
+    """Generate the study's data set once (fixed seed 0); an existing one must match."""
+    from dynrcnn.data import make_synthetic_coco
+
+    val = os.path.join(spec.data_dir, "annotations", "instances_val.json")
+    if os.path.isfile(val):
+        with open(val) as f:
+            info = json.load(f).get("info", {}).get("config", {})
+        want = [spec.image_size, spec.image_size]
+        if info.get("image_size") != want:
+            raise UsageError(f"--data {spec.data_dir} holds {info.get('image_size')} images, "
+                             f"the study wants {want}: use another --data directory")
+        return
+    log(f"writing the '{spec.recipe}' data set ({spec.num_train} train, {spec.num_val} val, "
+        f"{spec.image_size} px) to {spec.data_dir}")
+    start = time.perf_counter()
+    make_synthetic_coco(spec.data_dir, num_train=spec.num_train, num_val=spec.num_val,
+                        image_size=(spec.image_size, spec.image_size), seed=0, masks=False,
+                        recipe=spec.recipe)
+    log(f"data written in {time.perf_counter() - start:.1f} s")
+
+
+class StudyLock:
+    """out_dir/study.lock holding this pid; refuses when a live process holds it."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.path = os.path.join(out_dir, "study.lock")
+
+    def __enter__(self) -> StudyLock:
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                text = f.read().strip()
+            pid = int(text) if text.isdigit() else None
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                raise UsageError(f"{self.path}: study runner {pid} is still working on this "
+                                 "--out directory (stop it first, or use another --out)")
+        with open(self.path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if os.path.isfile(self.path):
+            os.remove(self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    """Runs the planned jobs; `run()` returns the jobs finished by the end."""
+
+    def __init__(self, spec: StudySpec, echo: bool = True, poll_s: float = 0.5,
+                 jobs: Optional[List[Job]] = None) -> None:
+        self.spec = spec
+        self.echo = echo
+        self.poll_s = poll_s
+        os.makedirs(spec.out_dir, exist_ok=True)
+        self.log_path = os.path.join(spec.out_dir, "study.log")
+        self.jobs = jobs if jobs is not None else plan(spec)
+        self._running: Dict[str, subprocess.Popen[bytes]] = {}
+
+    def log(self, text: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+        if self.echo:
+            print(line, flush=True)
+
+    def _launch(self, job: Job) -> subprocess.Popen[bytes]:
+        os.makedirs(job.run_dir, exist_ok=True)
+        save_config(job.config, os.path.join(job.run_dir, JOB_FILE))
+        threads = str(self.spec.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "DYNRCNN_STUDY_THREADS": threads}
+        with open(os.path.join(job.run_dir, "train.log"), "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "dynrcnn.study.worker", job.run_dir],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def _stop_all(self, signum: int, _frame: Any) -> None:
+        for proc in self._running.values():
+            proc.terminate()
+        for proc in self._running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.log(f"stopped by signal {signum}; rerun the same command to continue")
+        raise SystemExit(128 + signum)
+
+    def run(self) -> List[Job]:
+        with StudyLock(self.spec.out_dir):
+            self._check_same_study()
+            ensure_study_data(self.spec, self.log)
+            old = {s: signal.signal(s, self._stop_all) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                self._run_all()
+            finally:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+        return [j for j in self.jobs if j.finished()]
+
+    def _check_same_study(self) -> None:
+        """out_dir/study.json records the schedule and sizes; a rerun must not change them
+        (a resumed run would silently mix two schedules)."""
+        path = os.path.join(self.spec.out_dir, "study.json")
+        fixed = ("iterations", "interval", "image_size", "recipe", "data_dir", "num_train",
+                 "num_val")
+        mine = {k: getattr(self.spec, k) for k in fixed}
+        if os.path.isfile(path):
+            with open(path) as f:
+                saved = json.load(f)
+            changed = [f"{k} ({saved[k]!r} -> {mine[k]!r})" for k in fixed
+                       if k in saved and saved[k] != mine[k]]
+            if changed:
+                raise UsageError(f"--out {self.spec.out_dir} holds a study with other settings: "
+                                 f"{', '.join(changed)}; use another --out directory")
+        with open(path, "w") as f:
+            json.dump(mine, f, indent=2)
+
+    def _run_all(self) -> None:
+        todo = [j for j in self.jobs if not j.finished()]
+        total = len(self.jobs)
+        self.log(f"study in {self.spec.out_dir}: {total} runs, {total - len(todo)} finished "
+                 f"earlier, {len(todo)} to run ({self.spec.jobs} at a time, "
+                 f"{self.spec.threads} thread(s) each)")
+        pending = list(todo)
+        starts: Dict[str, float] = {}
+        done_times: List[float] = []
+        jobs_by_name = {j.name: j for j in self.jobs}
+        failed = 0
+        while pending or self._running:
+            while pending and len(self._running) < self.spec.jobs:
+                job = pending.pop(0)
+                state = "resuming" if job.started() else "starting"
+                self.log(f"{state} {job.name} -> {job.run_dir}")
+                self._running[job.name] = self._launch(job)
+                starts[job.name] = time.perf_counter()
+            time.sleep(self.poll_s)
+            for name, proc in list(self._running.items()):
+                if proc.poll() is None:
+                    continue
+                del self._running[name]
+                job = jobs_by_name[name]
+                seconds = time.perf_counter() - starts[name]
+                if proc.returncode == 0 and job.finished():
+                    done_times.append(seconds)
+                    finished = sum(j.finished() for j in self.jobs)
+                    self.log(f"done {name} in {seconds:.0f} s ({_metrics_text(job)}); "
+                             f"{finished}/{total} finished{self._eta(pending, done_times)}")
+                else:
+                    failed += 1
+                    self.log(f"FAILED {name} (exit {proc.returncode}): see "
+                             f"{os.path.join(job.run_dir, 'train.log')}")
+        self.log(f"study run over: {sum(j.finished() for j in self.jobs)}/{total} finished, "
+                 f"{failed} failed")
+
+    def _eta(self, pending: Sequence[Job], done_times: Sequence[float]) -> str:
+        left = len(pending) + len(self._running)
+        if not left or not done_times:
+            return ""
+        per_job = sum(done_times) / len(done_times)
+        return f", about {per_job * left / self.spec.jobs / 60:.0f} min left"
+
+
+def _metrics_text(job: Job) -> str:
+    with open(final_metrics_path(job.run_dir, job.config.iterations)) as f:
+        data = json.load(f)
+    bbox = data.get("bbox", data)
+    return f"AP {100 * bbox['AP']:.1f}, AP90 {100 * bbox.get('AP90', float('nan')):.1f}"
+
+
+def spec_dict(spec: StudySpec) -> Dict[str, Any]:
+    return dataclasses.asdict(spec)

@@ -1,0 +1,163 @@
+"""The study library's pieces without training (issue 9, points 2-4): arms, seeds, the
+statistics (mean ± sd, paired 95% t-intervals, the schedule rule), the report from given
+numbers, and the runner's input checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+
+import pytest
+
+from dynrcnn.engine.config import UsageError
+from dynrcnn.study import ARMS, BASELINE, CORE, StudySpec, plan, select_arms
+from dynrcnn.study.arms import KBETA, KI, scaled_k, seeds_for
+from dynrcnn.study.curve import curve_report
+from dynrcnn.study.report import RunResult, paired_table, table1_direction, write_report
+from dynrcnn.study.runner import StudyLock
+from dynrcnn.study.stats import (
+    paired_difference,
+    pick_schedule,
+    schedule_ladder,
+    summarize,
+    t_quantile_975,
+)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import experiment  # noqa: E402
+
+
+def test_arms_cover_the_papers_tables_and_the_controls() -> None:
+    tables = {a.table for a in ARMS.values()}
+    assert {"Table 1", "Table 3", "Table 4", "Table 5", "Cascade", "control"} <= tables
+    assert set(CORE) == {"baseline", "dla", "dsl", "dla_dsl", "t060", "cascade"}
+    assert (KI, KBETA) == (22, 3)  # 7.5% and 1% of 300 proposals, as 75 / 10 of 1000
+    assert [scaled_k(k) for k in (64, 75, 100)] == [19, 22, 30]
+    base = ARMS[BASELINE].dynamic_config(20)
+    assert base["init_iou"] == 0.5 and not base["update_iou"] and not base["update_beta"]
+    assert ARMS["t060"].dynamic_config(20)["iou_floor"] == 0.6
+    assert ARMS["beta_tv"].dynamic_config(20)["init_beta"] == pytest.approx(1 / 9)
+    assert ARMS["authors_stats"].dynamic_config(20)["stats_with_gt"] is True
+    assert ARMS["c_half"].dynamic_config(20)["interval"] == 10
+    assert ARMS["cascade"].dynamic_config(20) is None
+    assert all(a.model_kwargs()["rpn_nms_thresh"] == 0.7 for a in ARMS.values())
+
+
+def test_seeds_core_arms_get_more_and_the_baseline_the_most() -> None:
+    assert seeds_for(ARMS["dla_dsl"], 5, 2) == [0, 1, 2, 3, 4]
+    assert seeds_for(ARMS["t040"], 5, 2) == [0, 1]
+    assert seeds_for(ARMS[BASELINE], 2, 3) == [0, 1, 2]
+    assert [a.name for a in select_arms(["dla", "core"])][:2] == ["dla", "baseline"]
+    with pytest.raises(ValueError, match="unknown arm 'nope'"):
+        select_arms(["nope"])
+
+
+def test_plan_makes_one_resumable_run_per_arm_and_seed(tmp_path) -> None:
+    spec = StudySpec(out_dir=str(tmp_path), data_dir="d", arms=["core", "dla_dsl_2x"],
+                     iterations=100, core_seeds=3, other_seeds=2)
+    jobs = plan(spec)
+    assert len(jobs) == 6 * 3 + 2
+    j = next(j for j in jobs if j.arm.name == "dla_dsl_2x" and j.seed == 1)
+    assert j.run_dir == os.path.join(str(tmp_path), "dla_dsl_2x", "seed1")
+    assert j.config.iterations == 200 and j.config.seed == 1
+    assert j.config.dynamic.k_iou == 22 and j.config.model_kwargs["rpn_nms_thresh"] == 0.7
+    assert jobs[0].seed == 0 and jobs[-1].seed == 2  # seed-major: pairs complete early
+    assert not j.finished() and not j.started()
+
+
+@pytest.mark.parametrize("field,value,flag", [("jobs", 3, "--jobs"), ("iterations", 0,
+                                              "--iterations"), ("arms", ["x"], "--arms")])
+def test_spec_errors_name_the_flag(field, value, flag) -> None:
+    with pytest.raises(UsageError, match=flag):
+        StudySpec(out_dir="o", data_dir="d", **{field: value})
+
+
+def test_t_quantiles_and_summaries() -> None:
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(4) == 2.776
+    assert t_quantile_975(40) == pytest.approx(2.021, abs=1e-3)
+    assert t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)
+    s = summarize([1.0, 2.0, 4.0])
+    assert (s.n, s.mean, s.sd) == (3, pytest.approx(7 / 3), pytest.approx(statistics.stdev(
+        [1.0, 2.0, 4.0])))
+    assert summarize([3.0]).sd is None and summarize([3.0]).text() == "3.0"
+
+
+def test_paired_difference_is_a_t_interval_over_the_common_seeds() -> None:
+    arm = {0: 42.0, 1: 40.5, 2: 43.5, 3: 50.0}
+    base = {0: 40.0, 1: 39.0, 2: 41.0}  # seed 3 has no pair
+    d = paired_difference(arm, base)
+    diffs = [2.0, 1.5, 2.5]
+    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    assert d.n == 3 and d.mean == pytest.approx(2.0)
+    assert (d.low, d.high) == (pytest.approx(2.0 - half), pytest.approx(2.0 + half))
+    assert d.excludes_zero and "(n=3)" in d.text()
+    wide = paired_difference({0: 42.0, 1: 40.0, 2: 44.0}, base)  # diffs 2, 1, 3: sd 1
+    assert wide.low < 0 < wide.high and not wide.excludes_zero
+    one = paired_difference({0: 1.0}, {0: 3.0})
+    assert one.n == 1 and one.low is None and not one.excludes_zero
+    assert paired_difference({1: 1.0}, {0: 1.0}) is None
+
+
+def test_pick_schedule_on_synthetic_curves() -> None:
+    curve = {600: 30.0, 1200: 36.0, 2400: 37.5, 4800: 38.0}
+    assert pick_schedule(curve) == 1200  # 600 -> 1200 adds 6; 1200 -> 2400 adds 1.5
+    assert pick_schedule(curve, min_gain=1.0) == 2400
+    assert pick_schedule({600: 30.0, 1200: 33.0}) is None  # still gaining
+    assert pick_schedule({600: 30.0, 1000: 30.5}) is None  # no measured doubling
+    assert schedule_ladder(4800, 4) == [600, 1200, 2400, 4800]
+    picked, text = curve_report(curve, {1200: 20.0, 4800: 38.0})
+    assert picked == 1200 and "**1200 iterations**" in text and "+1.5" in text
+
+
+def results(ap_t060: float, ap90_t060: float):
+    out = []
+    for seed, noise in enumerate((0.0, 0.5, -0.4)):
+        m = {c: 40.0 + noise for c in ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")}
+        out.append(RunResult(BASELINE, seed, m, 0.5, 1.0, {"props_iou50": 3.0},
+                             {"props_iou50": 9.0}))
+        m2 = dict(m, AP=ap_t060 + noise, AP90=ap90_t060 + noise * 0.9)
+        out.append(RunResult("t060", seed, m2, 0.6, 1.0, {"props_iou50": 2.0},
+                             {"props_iou50": 8.0}))
+    return out
+
+
+def test_report_tables_and_table1_direction(tmp_path) -> None:
+    shown = results(39.0, 43.0)
+    assert "Table 1 direction" in table1_direction(shown) and " shown" in \
+        table1_direction(shown)
+    assert "NOT shown" in table1_direction(results(41.0, 43.0))
+    assert "t060 | -1.0 [" in paired_table(shown, [BASELINE, "t060"])
+    path = str(tmp_path / "r" / "study.md")
+    spec = {"threads": 1, "jobs": 1, "recipe": "study", "iterations": 10}
+    text = write_report(shown, path, spec, "python benchmarks/experiment.py", planned=8)
+    assert text.startswith("# Accuracy study (6 of 8 runs finished)")
+    for needle in ("- hardware:", "- commit:", "- command: `python benchmarks/experiment.py`",
+                   "baseline 0,1,2", "## Table 1", "40.0 ± 0.5", "## Figure-1 diagnostics"):
+        assert needle in text
+    assert os.path.getsize(str(tmp_path / "r" / "study_ap_vs_iou.png")) > 0
+    with open(tmp_path / "r" / "study.json") as f:
+        assert len(json.load(f)["runs"]) == 6
+
+
+def test_lock_refuses_a_second_live_runner(tmp_path) -> None:
+    with open(tmp_path / "study.lock", "w") as f:
+        f.write("1\n")  # pid 1 is alive on any Unix
+    with pytest.raises(UsageError, match="still working"):
+        with StudyLock(str(tmp_path)):
+            pass
+    with open(tmp_path / "study.lock", "w") as f:
+        f.write("999999999\n")  # no such process: a stale lock is taken over
+    with StudyLock(str(tmp_path)):
+        assert os.path.isfile(tmp_path / "study.lock")
+    assert not os.path.isfile(tmp_path / "study.lock")
+
+
+def test_experiment_bad_input_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    assert experiment.main(["--out", str(tmp_path), "--jobs", "3", "--status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--jobs" in err[0]
+    assert experiment.main(["--list-arms"]) == 0
+    assert "authors_stats" in capsys.readouterr().out

@@ -1,0 +1,66 @@
+"""The study end to end at tiny size (issue 9, acceptance: `--quick` smoke run): four real
+training runs in worker processes, the report, then a rerun that skips the finished runs,
+resumes a half-finished one from its checkpoint and evaluates one that was killed between
+its final checkpoint and its metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import experiment  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("study"))
+    assert experiment.main(["--quick", "--out", out]) == 0
+    return out
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def test_quick_study_writes_the_report(quick_study) -> None:
+    out = quick_study
+    report = read(os.path.join(out, "report.md"))
+    assert report.startswith("# Accuracy study (4 of 4 runs finished)")
+    for needle in ("- hardware:", "- commit:", "--quick", "baseline 0,1; dla_dsl 0,1",
+                   "| dla_dsl | 0,1 |", "(n=2)", "## Figure-1 diagnostics"):
+        assert needle in report
+    for name in ("report_ap_vs_iou.png", "report.json", "study.log", "study.json"):
+        assert os.path.isfile(os.path.join(out, name))
+    assert not os.path.exists(os.path.join(out, "study.lock"))
+
+
+def test_rerun_skips_resumes_and_evaluates(quick_study, capsys) -> None:
+    out = quick_study
+    half = os.path.join(out, "dla_dsl", "seed1")  # back to its earliest kept checkpoint
+    periodic = sorted(n for n in os.listdir(half) if n.startswith("model_0"))
+    assert periodic, "the quick study keeps periodic checkpoints"
+    for name in os.listdir(half):
+        if name.startswith("eval_") or name == "model_final.pth" or name in periodic[1:]:
+            path = os.path.join(half, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    with open(os.path.join(half, "last_checkpoint"), "w") as f:
+        f.write(periodic[0])
+    killed = os.path.join(out, "baseline", "seed1")  # final checkpoint, no metrics
+    shutil.rmtree(os.path.join(killed, "eval_0000004"))
+    assert experiment.main(["--quick", "--out", out]) == 0
+    log = read(os.path.join(out, "study.log")).split("study in ")[-1]
+    assert "2 finished earlier, 2 to run" in log
+    assert "resuming dla_dsl seed 1" in log and "resuming baseline seed 1" in log
+    assert "starting" not in log and "FAILED" not in log
+    assert os.path.isfile(os.path.join(half, "eval_0000004", "metrics.json"))
+    assert f"resumed from {os.path.join(half, periodic[0])}" in read(os.path.join(half,
+                                                                           "train.log"))
+    capsys.readouterr()
+    assert experiment.main(["--quick", "--out", out, "--status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert len(status) == 4 and all(line.startswith("finished") for line in status)

@@ -1,50 +1,129 @@
 #!/usr/bin/env bash
-# On a machine with a GPU: build (CPU + CUDA kernels) with the machine's own python3/torch,
-# run the test suite (CUDA cases included), then the benchmarks, writing their outputs
-# (named after the card) under benchmarks/results/ and, when set, into $OUT.
+# The whole GPU check in ONE call of at most ~9 minutes (GPU time comes in short, rare slots):
 #
-#   scripts/gpu_check.sh          all steps in one call
-#   scripts/gpu_check.sh build    one step per call, where a call has a time limit (the
-#   scripts/gpu_check.sh test     device tool's 10 minutes): the build stays in place
-#   scripts/gpu_check.sh bench    between calls on a warm machine
+#   scripts/gpu_check.sh RESULTS_DIR            on a machine with a CUDA GPU
+#   scripts/gpu_check.sh RESULTS_DIR --dry-run  the non-GPU parts on the CPU (run by `make
+#                                                test`, so the script cannot rot between GPUs)
 #
-# A failing step is reported and the later steps still run (one GPU session is rare: get
-# every number it can give); the exit status is the first failure's.
+# Steps, each under its own time cap (seconds, override with the env variables named):
+#   build       setup.py build_ext --inplace, FORCE_CUDA=1, MAX_JOBS=$(nproc), for the card's
+#               own arch only                                      (GPU_CHECK_BUILD_S, 240)
+#   tests       the CUDA tests (pytest -m cuda) and the CPU/CUDA bit-equality file
+#                                                                  (GPU_CHECK_TEST_S, 150)
+#   bench_ops   benchmarks/bench_ops.py --device cuda, host-sync counts included
+#                                                                  (GPU_CHECK_OPS_S, 60)
+#   bench_det   benchmarks/bench_detectors.py --device cuda at a size that fits
+#                                                                  (GPU_CHECK_DET_S, 90)
+# A failed or timed-out step is recorded and the later steps still run (get every number a
+# rare slot can give). Everything lands in RESULTS_DIR, named after the card: logs, the
+# benchmark JSON/Markdown, and summary.md (card, torch, commit, per-step status and time),
+# ready to commit under benchmarks/results/. Exit status: 0 when every step passed, 1 else,
+# 2 for bad usage or no GPU.
+#
+# The dry run uses a fake card name, skips the build (it uses the installed extension),
+# collects the CUDA test selection without running it (there is no GPU), and runs both
+# benchmarks on the CPU at --quick size.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-step=${1:-all}
-status=0
-logs=${OUT:-/tmp}
-card=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))") \
-  || { echo "gpu_check: torch sees no CUDA device"; exit 2; }
-echo "gpu_check: $card, torch $($PY -c 'import torch; print(torch.__version__)')"
-export DYNRCNN_REQUIRE_EXTENSION=1
 
-fail() {  # remember the first failure, go on
-  echo "gpu_check: $1 FAILED"
-  [ "$status" -ne 0 ] || status=1
+usage() { echo "usage: scripts/gpu_check.sh RESULTS_DIR [--dry-run]" >&2; exit 2; }
+[ $# -ge 1 ] && [ $# -le 2 ] || usage
+results=$1
+dry=0
+if [ $# -eq 2 ]; then [ "$2" = --dry-run ] || usage; dry=1; fi
+case "$results" in -*) usage ;; esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$results" || { echo "gpu_check: cannot create $results" >&2; exit 2; }
+results=$(cd "$results" && pwd)
+cd "$root" || exit 2
+PY=${PYTHON:-python3}
+export DYNRCNN_REQUIRE_EXTENSION=1
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # the in-place build, not an install
+
+if [ "$dry" = 1 ]; then
+  card="DRYRUN_Fake_Card"
+  # the caps exist for the GPU's short slot; a dry run on a busy CI machine must not time out
+  : "${GPU_CHECK_TEST_S:=900}" "${GPU_CHECK_OPS_S:=900}" "${GPU_CHECK_DET_S:=900}"
+  device=cpu
+else
+  card=$($PY -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name(0).replace(' ', '_'))" 2>/dev/null) \
+    || { echo "gpu_check: torch sees no CUDA device (use --dry-run on a CPU machine)" >&2; exit 2; }
+  device=cuda
+fi
+arch=$($PY -c "import torch; c = torch.cuda.get_device_capability(0); print(f'{c[0]}.{c[1]}')" 2>/dev/null || echo none)
+torch_version=$($PY -c "import torch; print(torch.__version__)")
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+summary="$results/summary_$card.md"
+status=0
+rows=""
+echo "gpu_check: card $card (sm $arch), torch $torch_version, commit $commit, results in $results"
+
+# run_step NAME CAP_SECONDS COMMAND...: run under `timeout`, log to RESULTS_DIR, record a row
+run_step() {
+  local name=$1 cap=$2; shift 2
+  local log="$results/${name}_$card.log" start rc verdict
+  start=$(date +%s)
+  echo "gpu_check: $name (cap ${cap}s) ..."
+  timeout --kill-after=10 "$cap" "$@" > "$log" 2>&1
+  rc=$?
+  case $rc in
+    0) verdict=ok ;;
+    124|137) verdict="TIMED OUT after ${cap}s" ;;
+    *) verdict="FAILED (exit $rc)" ;;
+  esac
+  [ "$rc" -eq 0 ] || status=1
+  local took=$(( $(date +%s) - start ))
+  echo "gpu_check: $name $verdict in ${took}s"
+  [ "$rc" -eq 0 ] || tail -20 "$log"
+  rows+="| $name | $verdict | ${took} | \`$*\` |"$'\n'
 }
 
-if [ "$step" = all ] || [ "$step" = build ]; then
-  FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace > "$logs/gpu_build.log" 2>&1 \
-    || { tail -50 "$logs/gpu_build.log"; echo "gpu_check: build FAILED"; exit 1; }
-  echo "gpu_check: build ok"
+skip_step() {
+  echo "gpu_check: $1 skipped ($2)"
+  rows+="| $1 | skipped: $2 | 0 | |"$'\n'
+}
+
+if [ "$dry" = 1 ]; then
+  skip_step build "dry run: uses the installed extension"
+else
+  run_step build "${GPU_CHECK_BUILD_S:-240}" env FORCE_CUDA=1 MAX_JOBS="$(nproc)" \
+    TORCH_CUDA_ARCH_LIST="$arch" "$PY" setup.py build_ext --inplace
 fi
 
-if [ "$step" = all ] || [ "$step" = test ]; then
-  # pycocotools may be missing there: the tests needing it skip or fail visibly.
-  $PY -m pytest -q tests -k "not torchrun" -p no:cacheprovider > "$logs/gpu_tests.log" 2>&1 \
-    || fail "tests"
-  tail -30 "$logs/gpu_tests.log"
+# collection errors (e.g. no pycocotools on the GPU machine) must not stop the CUDA tests
+tests=(tests -m "cuda and not slow" -q -p no:cacheprovider --continue-on-collection-errors)
+if [ "$dry" = 1 ]; then
+  # no GPU: check that the selection exists and collects (it would all skip here)
+  run_step tests "${GPU_CHECK_TEST_S:-150}" "$PY" -m pytest "${tests[@]}" --collect-only
+else
+  run_step tests "${GPU_CHECK_TEST_S:-150}" "$PY" -m pytest "${tests[@]}" -x \
+    --junitxml="$results/tests_$card.xml"
 fi
 
-if [ "$step" = all ] || [ "$step" = bench ]; then
-  results=benchmarks/results
-  $PY benchmarks/bench_ops.py --device cuda --json "$results/ops_cuda_$card.json" \
-    --markdown "$results/ops_cuda_$card.md" || fail "op benchmark"
-  $PY benchmarks/bench_detectors.py --device cuda --json "$results/detectors_cuda_$card.json" \
-    --markdown "$results/detectors_cuda_$card.md" || fail "detector benchmark"
-  if [ -n "${OUT:-}" ]; then cp "$results"/*cuda* "$OUT"/ 2>/dev/null || true; fi
+quick=()
+[ "$dry" = 1 ] && quick=(--quick --threads 1)
+run_step bench_ops "${GPU_CHECK_OPS_S:-60}" "$PY" benchmarks/bench_ops.py --device "$device" \
+  "${quick[@]}" --json "$results/ops_${device}_$card.json" \
+  --markdown "$results/ops_${device}_$card.md"
+if [ "$dry" = 1 ]; then
+  det=(--quick --size 96 --no-masks --threads 1 --warmup 0)
+else
+  det=(--reps 20 --warmup 3)
 fi
+run_step bench_det "${GPU_CHECK_DET_S:-90}" "$PY" benchmarks/bench_detectors.py \
+  --device "$device" "${det[@]}" --json "$results/detectors_${device}_$card.json" \
+  --markdown "$results/detectors_${device}_$card.md"
+
+{
+  echo "# GPU check: $card"
+  echo
+  echo "- card: $card (compute capability $arch)$([ "$dry" = 1 ] && echo ', DRY RUN on the CPU: no GPU numbers')"
+  echo "- torch: $torch_version; commit: $commit; date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "- command: scripts/gpu_check.sh $* (results in this folder)"
+  echo
+  echo "| step | result | seconds | command |"
+  echo "|---|---|---:|---|"
+  printf "%s" "$rows"
+} > "$summary"
+echo "gpu_check: summary in $summary"
 exit "$status"

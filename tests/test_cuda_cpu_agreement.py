@@ -33,7 +33,8 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
         width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
         a, b = a.contiguous().view(width), b.contiguous().view(width)
     diff = (a != b).nonzero()
-    assert diff.numel() == 0, f"{what}: {diff.shape[0]} elements differ, first at {diff[:5].tolist()}"
+    assert diff.numel() == 0, \
+        f"{what}: {diff.shape[0]} elements differ, first at {diff[:5].tolist()}"
 
 
 @pytest.mark.parametrize("dtype", BOX_DTYPES)

@@ -161,3 +161,13 @@ def test_experiment_bad_input_is_one_line_and_exit_2(tmp_path, capsys) -> None:
     assert len(err) == 1 and "--jobs" in err[0]
     assert experiment.main(["--list-arms"]) == 0
     assert "authors_stats" in capsys.readouterr().out
+
+
+def test_existing_data_must_be_the_studys(tmp_path) -> None:
+    from dynrcnn.data import make_synthetic_coco
+    from dynrcnn.study.runner import ensure_study_data
+
+    make_synthetic_coco(tmp_path, num_train=2, num_val=1, image_size=(64, 64), masks=False)
+    spec = StudySpec(out_dir="o", data_dir=str(tmp_path), image_size=64)
+    with pytest.raises(UsageError, match="--data .* is not the 'study' set at 64 px"):
+        ensure_study_data(spec, print)

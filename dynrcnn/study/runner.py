@@ -124,15 +124,19 @@ def plan(spec: StudySpec, arms: Optional[Sequence[Arm]] = None,
 def ensure_study_data(spec: StudySpec, log: Callable[[str], None]) -> None:
     """Generate the study's data set once (fixed seed 0); an existing one must match."""
     from dynrcnn.data import make_synthetic_coco
+    from dynrcnn.data.recipes import info_config, recipe_config
 
     val = os.path.join(spec.data_dir, "annotations", "instances_val.json")
     if os.path.isfile(val):
         with open(val) as f:
             info = json.load(f).get("info", {}).get("config", {})
-        want = [spec.image_size, spec.image_size]
-        if info.get("image_size") != want:
-            raise UsageError(f"--data {spec.data_dir} holds {info.get('image_size')} images, "
-                             f"the study wants {want}: use another --data directory")
+        want = json.loads(json.dumps(info_config(dataclasses.asdict(recipe_config(
+            spec.recipe, image_size=(spec.image_size, spec.image_size), seed=0)))))
+        differ = [f"{k} {info.get(k)!r} (want {v!r})" for k, v in want.items()
+                  if info.get(k) != v]
+        if differ:
+            raise UsageError(f"--data {spec.data_dir} is not the '{spec.recipe}' set at "
+                             f"{spec.image_size} px: {', '.join(differ)}; use another --data")
         return
     log(f"writing the '{spec.recipe}' data set ({spec.num_train} train, {spec.num_val} val, "
         f"{spec.image_size} px) to {spec.data_dir}")

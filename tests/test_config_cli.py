@@ -67,3 +67,21 @@ def test_saved_configs_leave_out_resume_and_overwrite(tmp_path):
     save_config(TrainConfig(resume=True), str(path))
     saved = json.loads(path.read_text())
     assert "resume" not in saved and "overwrite" not in saved
+
+
+@pytest.mark.parametrize("cls_name", ["TrainConfig", "EvalConfig"])
+def test_every_flag_has_help_from_the_field_docs(cls_name):
+    import argparse
+    import dataclasses
+
+    from dynrcnn.engine import config as config_module
+
+    cls = getattr(config_module, cls_name)
+    parser = argparse.ArgumentParser()
+    config_module.add_dataclass_args(parser, cls)
+    helps = {a.dest: a.help or "" for a in parser._actions}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name == "dynamic":
+            continue
+        text = helps[f.name]
+        assert not text.startswith("(default"), f"{cls_name}.{f.name} has no help"

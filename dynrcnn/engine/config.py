@@ -57,6 +57,48 @@ class TrainConfig:
     `keep_checkpoints` periodic checkpoints are kept (0: all); model_final.pth always is.
     Output: a progress bar on a terminal (`progress`); otherwise, or with progress=False,
     one line per log iteration at most every `log_seconds` seconds (0: every one).
+
+    data_dir: folder in make_synthetic_coco's layout; fills the four paths below
+    train_images: folder the train annotation file's file_names are relative to
+    train_ann: COCO-format annotation file of the training split
+    val_images: folder the val annotation file's file_names are relative to
+    val_ann: COCO-format annotation file of the validation split
+    arch: the detector
+    backbone: the detector's backbone
+    num_classes: classes including background (none: the training set's + 1)
+    weights: local detector checkpoint or state_dict to start from (fine-tuning)
+    backbone_weights: local file with the backbone's weights (e.g. ImageNet ResNet)
+    min_size: images are resized so that their short side is this long
+    max_size: ... and their long side at most this long
+    model_kwargs: further build_detector / torchvision arguments, as a JSON object
+    out_dir: the run directory (config, log, checkpoints, evaluations, curves)
+    iterations: training iterations (one batch per process each)
+    batch_size: images per process and iteration
+    lr: learning rate for a total batch of lr_reference_batch images
+    lr_reference_batch: the total batch lr is given for
+    scale_lr: scale lr linearly to the actual total batch
+    momentum: SGD momentum
+    weight_decay: SGD weight decay
+    warmup_iters: iterations of linear warmup
+    warmup_factor: lr factor at the start of the warmup
+    steps: fractions of the run at which the lr is multiplied by gamma (8/12 accepted)
+    gamma: lr factor at each step
+    grad_clip: clip the gradient norm to this value (none: no clipping)
+    amp: mixed precision (CUDA only)
+    hflip: probability of a horizontal flip of a training image
+    seed: seed of the model initialization, the data order and the sampling
+    num_workers: data loader processes per training process
+    checkpoint_period: save a checkpoint every this many iterations
+    log_period: write a log record every this many iterations
+    eval_period: evaluate on the val split every this many iterations (0: never)
+    resume: continue from out_dir's last checkpoint
+    overwrite: delete the files of an earlier run in out_dir first
+    keep_checkpoints: periodic checkpoints to keep (0: all)
+    log_seconds: without a progress bar, at most one progress line per this many seconds
+    device: cpu, cuda or cuda:N (none: CUDA when available)
+    find_unused_parameters: DistributedDataParallel's option of that name
+    progress: progress bar on a terminal (else, and when piped: progress lines)
+    plot: draw curves.png at the end
     """
 
     # data
@@ -143,6 +185,23 @@ class EvalConfig:
     model; unset, they are dynamic_rcnn, resnet50_fpn, -, 800 and 1333). With
     `save_detections`, the detections are written to out_dir/results_<iou type>.json in
     COCO's results format, with the data set's own image and category ids.
+
+    weights: the checkpoint (model_*.pth) or state_dict to evaluate
+    data_dir: folder in make_synthetic_coco's layout; fills val_images / val_ann
+    val_images: folder the annotation file's file_names are relative to
+    val_ann: COCO-format annotation file to evaluate on
+    arch: the detector of a bare state_dict (none: the checkpoint's, else dynamic_rcnn)
+    backbone: its backbone (none: the checkpoint's, else resnet50_fpn)
+    num_classes: its classes including background (none: the checkpoint's)
+    min_size: test-time short side (none: the checkpoint's, else 800)
+    max_size: test-time longest side (none: the checkpoint's, else 1333)
+    model_kwargs: test-time build_detector arguments, e.g. {"box_score_thresh": 0.0}
+    out_dir: where metrics.json / metrics.md go (give a run directory for `compare`)
+    batch_size: images per inference batch
+    num_workers: data loader processes
+    device: cpu, cuda or cuda:N (none: CUDA when available)
+    progress: progress bar on a terminal
+    save_detections: also write the detections (results_bbox.json, COCO results format)
     """
 
     weights: str = ""
@@ -305,6 +364,27 @@ def _unwrap_optional(hint: Any) -> Tuple[Any, bool]:
     return hint, False
 
 
+def field_docs(cls: Type[Any]) -> Dict[str, str]:
+    """Per-field help from a dataclass docstring's `name, name: text` lines (continuation
+    lines indented deeper), as DynamicConfig and TrainConfig write them."""
+    docs: Dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    current: list = []
+    for line in (cls.__doc__ or "").splitlines():
+        match = re.match(r"^ {4}([a-z_][\w, ]*): (.*)$", line)
+        keys = [k.strip() for k in match.group(1).split(",")] if match else []
+        if match and keys and all(k in names for k in keys):
+            current = keys
+            for key in keys:
+                docs[key] = match.group(2).strip()
+        elif current and line.startswith(" " * 8) and line.strip():
+            for key in current:
+                docs[key] += " " + line.strip()
+        else:
+            current = []
+    return docs
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any], prefix: str = "",
                        _dest: str = "",
                        choices: Optional[Dict[str, Sequence[str]]] = None) -> None:
@@ -319,6 +399,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any], prefix: 
     the default's value therefore still overrides the file."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} ({prefix.rstrip('-') or 'main'})")
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         hint, optional = _unwrap_optional(hints[f.name])
         flag = "--" + prefix + f.name.replace("_", "-")
@@ -330,7 +411,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any], prefix: 
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
             else f.default
         allowed = (choices or {}).get(f.name)
-        doc = f.metadata.get("help", "")
+        doc = f.metadata.get("help", docs.get(f.name, "")).rstrip(".")
         if allowed:
             doc = (doc + "; " if doc else "") + "one of " + ", ".join(allowed)
         doc = (doc + " " if doc else "") + f"(default: {default!r})"

@@ -94,13 +94,16 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None,
                  hooks: Sequence[Hook] = ()) -> None:
+        # Before any data is read, a used --out-dir is refused (or, with overwrite, cleared
+        # by rank 0). Every rank checks before the rendezvous in init_distributed, so none
+        # can see the files rank 0 writes afterwards.
+        prepare_run_dir(config.out_dir, config.resume, config.overwrite, delete=False)
         self.dist = init_distributed(config.device)
         self.device = self.dist.device
         self.is_main = self.dist.is_main
         self.hooks = list(hooks)
-        # Before any data is read: a used --out-dir is refused (or cleared with overwrite) at
-        # once. Every rank checks, only rank 0 deletes.
-        prepare_run_dir(config.out_dir, config.resume, config.overwrite, delete=self.is_main)
+        if self.is_main:
+            prepare_run_dir(config.out_dir, config.resume, config.overwrite)
         self.train_dataset = train_dataset if train_dataset is not None else \
             build_train_dataset(config)
         self._val_dataset = val_dataset

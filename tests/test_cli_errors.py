@@ -79,6 +79,12 @@ def test_bad_values_name_the_flag(data_dir, tmp_path, capsys):
     one_line_error(capsys, "--dynamic-k-iou")
 
 
+def test_too_few_classes_name_the_flag(data_dir, tmp_path, capsys):
+    assert main(["train", "--data-dir", data_dir, "--out-dir", str(tmp_path / "r"),
+                 "--num-classes", "2", *TINY]) == 2
+    one_line_error(capsys, "--num-classes 2 is smaller than the training set's")
+
+
 def test_an_out_dir_that_is_a_file(data_dir, tmp_path, capsys):
     """Point 11: was FileExistsError (train) and an error after inference (eval)."""
     afile = tmp_path / "afile"

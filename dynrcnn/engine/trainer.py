@@ -42,7 +42,7 @@ from dynrcnn.engine.checkpoint import (
     prepare_run_dir,
     restore_rng_state,
 )
-from dynrcnn.engine.config import TrainConfig, config_to_dict, save_config
+from dynrcnn.engine.config import TrainConfig, UsageError, config_to_dict, save_config
 from dynrcnn.engine.distributed import (
     all_reduce_mean,
     broadcast_buffers,
@@ -112,8 +112,8 @@ class Trainer:
         data_classes = int(self.train_dataset.num_classes)
         num_classes = config.num_classes or data_classes
         if num_classes < data_classes:
-            raise ValueError(f"num_classes={num_classes} is smaller than the dataset's "
-                             f"{data_classes} (background included)")
+            raise UsageError(f"--num-classes {num_classes} is smaller than the training "
+                             f"set's {data_classes} (background included)")
         self.config = dataclasses.replace(config, num_classes=num_classes)
         cfg = self.config
         self.amp = cfg.amp and self.device.type == "cuda"

@@ -178,7 +178,7 @@ def test_weights_of_another_interval_load_in_train_eval_and_predict(run_dir, dat
     with pytest.warns(RuntimeWarning, match="history of length 2"):
         assert main(["predict", "--weights", str(bare), "--backbone", "tiny_fpn",
                      "--num-classes", "6", "--image", _val_image(data_dir),
-                     "--out", str(tmp_path / "p.png")]) == 0
+                     "--score-thresh", "0.0", "--out", str(tmp_path / "p.png")]) == 0
     assert "dynrcnn: error" not in capsys.readouterr().err
 
 

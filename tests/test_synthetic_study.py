@@ -62,6 +62,8 @@ def test_study_annotations_are_valid(tmp_path) -> None:
             x, y, w, h = a["bbox"]
             assert x >= 0 and y >= 0 and x + w <= 256 and y + h <= 256
             assert w >= 1 and h >= 1 and a["area"] > 0
+        exact = [a["bbox"] == [round(v) for v in a["bbox"]] for a in data["annotations"]]
+        assert all(exact) if split == "val" else not all(exact)  # jitter: train only
 
 
 def test_jitter_moves_each_edge_by_at_most_its_amount_and_nothing_else(tmp_path) -> None:

@@ -77,7 +77,7 @@ class SyntheticConfig:
     min_visible_fraction: every shape keeps at least this fraction of its pixels visible.
     pixel_noise: add noise in [-15, 15] (std ~6.5, 0..255 units) to every pixel, last.
     distractors, box_jitter: up to this many unannotated shapes per image; annotation
-        jitter in pixels per box edge (0 = off; see dynrcnn.data.recipes, which uses them).
+        jitter of the train split, pixels per box edge (0 = off; see dynrcnn.data.recipes).
     """
 
     image_size: Tuple[int, int] = (256, 256)
@@ -388,7 +388,7 @@ def _write_split(cfg: SyntheticConfig, split: str, n: int, images_dir: Path,
         images.append({"id": image_id, "file_name": file_name, "width": width,
                        "height": height})
         boxes = [obj["box"] for obj in objects]
-        if cfg.box_jitter:
+        if cfg.box_jitter and split == "train":  # val stays exact: AP90 measures boxes
             boxes = jitter_boxes(boxes, cfg.box_jitter, cfg.seed, _SPLIT_CODE[split], i,
                                  height, width)
         for obj, (x1, y1, x2, y2) in zip(objects, boxes):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 
 import numpy as np
@@ -171,10 +170,10 @@ def test_record_does_not_sync_on_cuda():
         torch.cuda.set_sync_debug_mode(0)
 
 
-def _distributed_worker(rank: int, world: int, port: int, out: dict) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _distributed_worker(rank: int, world: int, init_file: str, out: dict) -> None:
+    # a rendezvous file, not a port found free a moment earlier (another process may take it)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
     try:
         state = DynamicState(DynamicConfig(interval=5))
         rng = random.Random(100 + rank)  # every rank sees different statistics
@@ -185,18 +184,11 @@ def _distributed_worker(rank: int, world: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_gloo_ranks_end_with_identical_t_and_beta():
+def test_two_gloo_ranks_end_with_identical_t_and_beta(tmp_path):
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_distributed_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "rendezvous"), out), nprocs=2,
+             join=True)
     assert out[0] == out[1]
     # And the gathered update equals Algorithm 1 over both ranks' last interval.
     seqs = []

@@ -80,9 +80,27 @@ def init_distributed(device: Optional[str] = None, timeout_s: float = 1800.0) ->
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, initialized_here)
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.initialized_here and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group init_distributed created (a no-op otherwise).
+
+    clean=True (the run finished on this rank): a barrier first, so no rank destroys its
+    group and exits while another is still communicating, and the last collective before
+    exit is one whose work holds no Python tensor. Why that matters: DDP keeps references
+    to the process group that nothing releases (torch 2.14: 10 Python references survive
+    `del ddp` and destroy_process_group), so the gloo backend is never freed and its worker
+    threads live until the interpreter exits. A worker that drops the last reference to a
+    Python-owned tensor (the *_object collectives create them) after finalization began
+    must take the GIL, Python ends the thread with pthread_exit, and the forced unwind
+    through C++ aborts the process: "terminate called without an active exception". The
+    barrier makes every rank finish its previous collectives (and their tensors) first.
+    clean=False (an exception is propagating): no barrier, which could hang on a peer that
+    failed elsewhere; just destroy.
+    """
+    if not (info.initialized_here and dist.is_initialized()):
+        return
+    if clean and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

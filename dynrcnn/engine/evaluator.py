@@ -297,8 +297,11 @@ def run_evaluation(config: Any) -> Dict[str, Dict[str, float]]:
         check_categories(dataset, model_info["num_classes"], model_info["categories"],
                          "--val-ann", config.weights)
         model.to(info.device)
-        return evaluate(model, dataset, info.device, config.batch_size, config.num_workers,
-                        out_dir=config.out_dir, progress=config.progress,
-                        save_results=config.save_detections)
-    finally:
-        shutdown(info)
+        metrics = evaluate(model, dataset, info.device, config.batch_size,
+                           config.num_workers, out_dir=config.out_dir,
+                           progress=config.progress, save_results=config.save_detections)
+    except BaseException:
+        shutdown(info, clean=False)
+        raise
+    shutdown(info)
+    return metrics

@@ -440,9 +440,10 @@ class Trainer:
         summary.update(self._dynamic_values())
         return summary
 
-    def close(self) -> None:
-        """Leave the process group if this trainer created it."""
-        shutdown(self.dist)
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group if this trainer created it; clean=False when an
+        exception is on its way (no final barrier, see distributed.shutdown)."""
+        shutdown(self.dist, clean)
 
 
 def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None,
@@ -450,6 +451,9 @@ def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = Non
     """Trainer(config, ...).train(), leaving the process group afterwards (the CLI entry)."""
     trainer = Trainer(config, train_dataset, val_dataset, hooks)
     try:
-        return trainer.train()
-    finally:
-        trainer.close()
+        summary = trainer.train()
+    except BaseException:
+        trainer.close(clean=False)
+        raise
+    trainer.close()
+    return summary

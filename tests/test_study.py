@@ -137,6 +137,7 @@ def test_report_tables_and_table1_direction(tmp_path) -> None:
     for needle in ("- hardware:", "- commit:", "- command: `python benchmarks/experiment.py`",
                    "baseline 0,1,2", "## Table 1", "40.0 ± 0.5", "## Figure-1 diagnostics"):
         assert needle in text
+    assert "## Table 5" not in text  # it would hold the baseline alone
     assert os.path.getsize(str(tmp_path / "r" / "study_ap_vs_iou.png")) > 0
     with open(tmp_path / "r" / "study.json") as f:
         assert len(json.load(f)["runs"]) == 6

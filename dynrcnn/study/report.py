@@ -232,7 +232,8 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     ]
     for title, names in tables.items():
         text = arm_table(results, names)
-        if text:
+        # a table holding only the baseline (its own arms not run) says nothing new
+        if text and (title == "Table 3" or any(a != BASELINE for a in names)):
             lines += [f"## {title}", "", text]
     diff = paired_table(results, arms)
     if diff:

@@ -21,6 +21,7 @@ Made robust for real training:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -170,6 +171,18 @@ class DynamicState(nn.Module):
         return both[:, 0].reshape(-1), both[:, 1].reshape(-1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Weights of a run with another interval C carry histories of another length: keep
+        # their T and beta, start the history empty (with a note) instead of failing the load.
+        saved = state_dict.get(prefix + "iou_hist")
+        if saved is not None and saved.shape != self.iou_hist.shape:
+            warnings.warn(
+                f"DynamicState history of length {saved.shape[0]} does not fit interval "
+                f"{self.config.interval}: it is dropped (T and beta are kept, the history "
+                "starts empty)", RuntimeWarning, stacklevel=2)
+            for name in ("iou_hist", "err_hist"):
+                state_dict[prefix + name] = torch.full_like(getattr(self, name), float("nan"))
+            if prefix + "count" in state_dict:
+                state_dict[prefix + "count"] = torch.zeros_like(self.count)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._records = int(self.count.item())  # one sync at load time, not per step
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -200,3 +201,26 @@ def test_two_gloo_ranks_end_with_identical_t_and_beta(tmp_path):
     beta = min(max(float(np.median([v[1] for v in last])), 1e-3), 1.0)
     assert out[0][0] == pytest.approx(thr, abs=1e-6)
     assert out[0][1] == pytest.approx(beta, abs=1e-6)
+
+
+def test_state_dict_of_another_interval_loads_keeping_t_and_beta():
+    """Weights of a run with another C load (strictly) into any DynamicState: T and beta
+    are kept, the history of the other length is dropped with a warning."""
+    src = DynamicState(DynamicConfig(interval=5))
+    for i in range(7):
+        src.record(torch.tensor(0.5 + 0.02 * i), torch.tensor(0.3))
+    saved = src.state_dict()
+    dst = DynamicState(DynamicConfig(interval=100))
+    with pytest.warns(RuntimeWarning, match="history of length 5 does not fit interval 100"):
+        dst.load_state_dict(saved)
+    assert float(dst.iou_thr) == float(src.iou_thr) > 0.4
+    assert float(dst.beta) == float(src.beta) < 1.0
+    assert dst.iou_hist.shape == (100,) and torch.isnan(dst.iou_hist).all()
+    assert torch.isnan(dst.err_hist).all() and dst.records == 0
+    assert saved["iou_hist"].shape == (5,)  # the caller's state_dict is left as it was
+    # the same length loads silently and exactly
+    again = DynamicState(DynamicConfig(interval=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.load_state_dict(saved)
+    assert again.records == 7 and torch.equal(again.iou_hist, src.iou_hist)

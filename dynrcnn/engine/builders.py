@@ -7,10 +7,7 @@ classes differ from the model's) raise UsageError naming the flag and the file."
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -135,34 +132,13 @@ def _state_of(obj: Any) -> Dict[str, torch.Tensor]:
     return dict(obj.get("model", obj.get("state_dict", obj)))
 
 
-def fit_dynamic_histories(state: Dict[str, torch.Tensor], interval: Optional[int],
-                          path: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Drop the DynamicState histories (and their record count) of a state_dict whose
-    length is not `interval` (a run with another C): T and beta are kept, the history
-    starts empty. Warns naming the file; returns (state, dropped keys)."""
-    if interval is None:
-        return state, []
-    foreign = [k for k in state if k.endswith(_HISTORIES) and state[k].shape != (interval,)]
-    if not foreign:
-        return state, []
-    prefixes = {k.rsplit(".", 1)[0] for k in foreign}
-    dropped = foreign + [p + ".count" for p in prefixes if p + ".count" in state]
-    warnings.warn(f"{path}: DynamicState history of length "
-                  f"{state[foreign[0]].shape[0]} does not fit interval {interval}: it is "
-                  "dropped (T and beta are kept, the history starts empty)",
-                  RuntimeWarning, stacklevel=3)
-    return {k: v for k, v in state.items() if k not in dropped}, dropped
-
-
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
     """Load a detector state_dict strictly, except for DynamicState buffers (a Faster
-    R-CNN's weights load into a Dynamic R-CNN and back; histories of another length are
-    dropped, see fit_dynamic_histories)."""
-    dyn = get_dynamic_state(model)
-    state, _ = fit_dynamic_histories(state, dyn.config.interval if dyn is not None else None,
-                                     path)
+    R-CNN's weights load into a Dynamic R-CNN and back; DynamicState itself drops a
+    history of another length, with a warning)."""
     own = model.state_dict()
-    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape
+             and ".dynamic_state." not in f".{k}"]
     if wrong:
         raise UsageError(f"--weights {path} does not fit the model: {wrong[0]} is "
                          f"{list(state[wrong[0]].shape)} in the file, "
@@ -196,24 +172,12 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     from dynrcnn.modeling import build_detector
 
     dynamic = config.dynamic if config.arch in DYNAMIC_ARCHS else None
-    weights, tmp = config.weights, None
-    if weights:
-        state, dropped = fit_dynamic_histories(_state_of(read_weights_file(weights)),
-                                               dynamic.interval if dynamic else None, weights)
-        if dropped:  # build_detector reads a file: give it the fitted state_dict
-            fd, tmp = tempfile.mkstemp(suffix=".pth", prefix="dynrcnn-weights-")
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-            weights = tmp
-    try:
-        return build_detector(
-            config.arch, backbone=config.backbone, num_classes=num_classes, weights=weights,
-            backbone_weights=config.backbone_weights, dynamic=dynamic,
-            **_model_kwargs(config))
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+    if config.weights:
+        read_weights_file(config.weights)  # a file that is no checkpoint: one clear line
+    return build_detector(
+        config.arch, backbone=config.backbone, num_classes=num_classes,
+        weights=config.weights, backbone_weights=config.backbone_weights, dynamic=dynamic,
+        **_model_kwargs(config))
 
 
 def is_training_checkpoint(obj: Any) -> bool:

@@ -128,3 +128,16 @@ def test_a_missing_image_is_found_before_training(data_dir, tmp_path, capsys):
                  "--iterations", "1", *TINY]) == 2
     one_line_error(capsys, str(missing), "does not exist")
     assert not (out / "log.jsonl").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, data_dir, capsys, command):
+    args = [command, "--data-dir", data_dir, "--device", "cuda", "--out-dir",
+            str(tmp_path / "run")]
+    if command == "eval":
+        args += ["--weights", str(tmp_path / "missing.pth")]
+    else:
+        args += ["--iterations", "1", *TINY]
+    assert main(args) == 2
+    one_line_error(capsys, "--device cuda", "CUDA is not available")

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from dynrcnn.dynamic import DynamicState
+from dynrcnn.engine.config import UsageError
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here")
+        # a UsageError (a ValueError): the CLI reports it as one line naming the flag
+        raise UsageError(f"--device {device}: CUDA is not available here "
+                         "(torch.cuda.is_available() is False); use --device cpu")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev

@@ -121,13 +121,19 @@ def run(args: argparse.Namespace, command: str) -> int:
             state = "finished" if job.finished() else "partial" if job.started() else "todo"
             print(f"{state:8s} {job.name:24s} {job.run_dir}")
         return 0
+    failed: list[str] = []
     if not args.report_only:
-        jobs = Runner(spec, jobs=jobs).run()
-        jobs = plan(spec)
+        runner = Runner(spec, jobs=jobs)
+        runner.run()
+        failed = runner.failed
     info: dict[str, Any] = dataclasses.asdict(spec)
     text = report_study(jobs, results, info, command)
     print(text)
     print(f"report written to {results}")
+    if failed:  # the report holds the finished runs; the exit status says some are missing
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

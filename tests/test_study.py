@@ -172,3 +172,20 @@ def test_existing_data_must_be_the_studys(tmp_path) -> None:
     spec = StudySpec(out_dir="o", data_dir=str(tmp_path), image_size=64)
     with pytest.raises(UsageError, match="--data .* is not the 'study' set at 64 px"):
         ensure_study_data(spec, print)
+
+
+def test_a_failing_run_is_logged_and_the_others_still_run(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    from dynrcnn.study import Runner, quick_spec
+
+    runner = Runner(quick_spec(str(tmp_path)), echo=False, poll_s=0.05)
+    monkeypatch.setattr("dynrcnn.study.runner.ensure_study_data", lambda spec, log: None)
+    monkeypatch.setattr(runner, "_launch", lambda job: subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.exit(3)"]))
+    assert runner.run() == []
+    assert len(runner.failed) == 4
+    with open(tmp_path / "study.log") as f:
+        log = f.read()
+    assert "FAILED baseline seed 0 (exit 3)" in log and "0/4 finished, 4 failed" in log
+    assert not os.path.exists(tmp_path / "study.lock")

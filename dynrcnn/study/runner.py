@@ -192,6 +192,7 @@ class Runner:
         self.log_path = os.path.join(spec.out_dir, "study.log")
         self.jobs = jobs if jobs is not None else plan(spec)
         self._running: Dict[str, subprocess.Popen[bytes]] = {}
+        self.failed: List[str] = []  # jobs that exited without their final metrics
 
     def log(self, text: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
@@ -261,7 +262,6 @@ class Runner:
         starts: Dict[str, float] = {}
         done_times: List[float] = []
         jobs_by_name = {j.name: j for j in self.jobs}
-        failed = 0
         while pending or self._running:
             while pending and len(self._running) < self.spec.jobs:
                 job = pending.pop(0)
@@ -282,11 +282,11 @@ class Runner:
                     self.log(f"done {name} in {seconds:.0f} s ({_metrics_text(job)}); "
                              f"{finished}/{total} finished{self._eta(pending, done_times)}")
                 else:
-                    failed += 1
+                    self.failed.append(name)
                     self.log(f"FAILED {name} (exit {proc.returncode}): see "
                              f"{os.path.join(job.run_dir, 'train.log')}")
         self.log(f"study run over: {sum(j.finished() for j in self.jobs)}/{total} finished, "
-                 f"{failed} failed")
+                 f"{len(self.failed)} failed")
 
     def _eta(self, pending: Sequence[Job], done_times: Sequence[float]) -> str:
         left = len(pending) + len(self._running)

@@ -210,6 +210,9 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     stem = os.path.splitext(path)[0]
     arms = [a for a in ARMS if any(r.arm == a for r in results)]
     tables = {t: [a for a in names if a in arms] for t, names in TABLES.items()}
+    # a table holding only the baseline (its own arms not run) says nothing new
+    tables = {t: names for t, names in tables.items()
+              if t == "Table 3" or any(a != BASELINE for a in names)}
     plot = plot_ap_vs_iou(results, stem + "_ap_vs_iou.png", tables)
     seeds = {a: sorted(r.seed for r in results if r.arm == a) for a in arms}
     lines = [
@@ -232,8 +235,7 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     ]
     for title, names in tables.items():
         text = arm_table(results, names)
-        # a table holding only the baseline (its own arms not run) says nothing new
-        if text and (title == "Table 3" or any(a != BASELINE for a in names)):
+        if text:
             lines += [f"## {title}", "", text]
     diff = paired_table(results, arms)
     if diff:

@@ -8,10 +8,16 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from dynrcnn.data import make_synthetic_coco
 from dynrcnn.engine import train
 from dynrcnn.engine.logger import read_jsonl
 from dynrcnn.engine.presets import small_cpu_config
+
+# One intra-op thread (conftest.single_thread): tiny models run ~10x faster than with two
+# threads on a busy 2-core machine, and runs compared bit for bit need one thread count.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def run(data: str, out: str, seed: int) -> dict:

@@ -126,9 +126,11 @@ def results(ap_t060: float, ap90_t060: float):
 
 def test_report_tables_and_table1_direction(tmp_path) -> None:
     shown = results(39.0, 43.0)
-    assert "Table 1 direction" in table1_direction(shown) and " shown" in \
-        table1_direction(shown)
-    assert "NOT shown" in table1_direction(results(41.0, 43.0))
+    assert "the means point that way, both intervals exclude 0" in table1_direction(shown)
+    assert "do NOT point that way" in table1_direction(results(41.0, 43.0))
+    spread = results(39.0, 43.0)
+    spread[-1].metrics["AP90"] = 30.0  # one seed's AP90 far below: the interval holds 0
+    assert "point that way, not resolved" in table1_direction(spread)
     assert "t060 | -1.0 [" in paired_table(shown, [BASELINE, "t060"])
     path = str(tmp_path / "r" / "study.md")
     spec = {"threads": 1, "jobs": 1, "recipe": "study", "iterations": 10}

@@ -137,8 +137,11 @@ def table1_direction(results: Sequence[RunResult]) -> str:
     if ap is None or ap90 is None:
         return "Table 1 direction: no seed has both t060 and baseline."
     holds = ap.mean <= 0 and ap90.mean > 0
+    resolved = ("both intervals exclude 0" if ap.excludes_zero and ap90.excludes_zero
+                else "not resolved (an interval holds 0 or n < 2)")
     return (f"Table 1 direction (paper: T=0.6 at or below T=0.5 in AP, above it in AP90): "
-            f"{'shown' if holds else 'NOT shown'} here: AP {ap.text()}, AP90 {ap90.text()}.")
+            f"the means {'point that way' if holds else 'do NOT point that way'}, "
+            f"{resolved}: AP {ap.text()}, AP90 {ap90.text()}.")
 
 
 def plot_ap_vs_iou(results: Sequence[RunResult], out: str,

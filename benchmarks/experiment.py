@@ -42,22 +42,30 @@ DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmarks/experiment.py",
-                                description=__doc__.splitlines()[0])
+                                description="The accuracy study of issue 9: the paper's "
+                                "ablations at small scale, with seeds and paired 95% "
+                                "confidence intervals. Resumable; arms: --list-arms.")
     d = StudySpec(out_dir="", data_dir="")
     p.add_argument("--out", default="runs/study", help="run directories and study.log")
     p.add_argument("--data", default=None,
                    help="study data set (default: data/study_<image-size>; generated once)")
     p.add_argument("--arms", nargs="+", default=["core"],
                    help="arm names, 'core' or 'all' (default: core)")
-    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--iterations", type=int, default=d.iterations,
+                   help="training iterations of a run (default %(default)s)")
     p.add_argument("--interval", type=int, default=d.interval, help="C of the dynamic arms")
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--core-seeds", type=int, default=d.core_seeds)
-    p.add_argument("--other-seeds", type=int, default=d.other_seeds)
+    p.add_argument("--image-size", type=int, default=d.image_size,
+                   help="side of the study's square images (default %(default)s)")
+    p.add_argument("--core-seeds", type=int, default=d.core_seeds,
+                   help="seeds of the core arms (default %(default)s)")
+    p.add_argument("--other-seeds", type=int, default=d.other_seeds,
+                   help="seeds of the other arms (default %(default)s)")
     p.add_argument("--jobs", type=int, default=d.jobs, help="runs side by side (1 or 2)")
     p.add_argument("--threads", type=int, default=d.threads, help="threads per run")
-    p.add_argument("--num-train", type=int, default=d.num_train)
-    p.add_argument("--num-val", type=int, default=d.num_val)
+    p.add_argument("--num-train", type=int, default=d.num_train,
+                   help="training images of the study set (default %(default)s)")
+    p.add_argument("--num-val", type=int, default=d.num_val,
+                   help="validation images of the study set (default %(default)s)")
     p.add_argument("--results", default=None,
                    help=f"Markdown report (default {DEFAULT_RESULTS}; --quick: <out>/report.md)")
     p.add_argument("--quick", action="store_true", help="smoke study at tiny sizes")

@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a bare state_dict (background included)")
     p.add_argument("--device", default=None)
 
-    p = sub.add_parser("plot", help="T, beta, loss and lr curves of a run, as PNG")
+    p = sub.add_parser("plot", help="T, beta, loss and lr curves of a run and its Figure-1 "
+                       "diagnostics (proposals above IoU 0.5/0.6/0.7, KI-th IoU, "
+                       "Kbeta-th error), as PNG")
     p.add_argument("run_dir")
     p.add_argument("--out", help="output PNG (default: <run_dir>/curves.png)")
 

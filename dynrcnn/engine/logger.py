@@ -9,6 +9,13 @@ log.jsonl holds one JSON object per logged iteration:
     iou_thr     Dynamic R-CNN's T after the iteration (null for non-dynamic detectors)
     beta        Dynamic SmoothL1 beta after the iteration (null likewise)
     records     DynamicState record count (null likewise)
+    props_iou50, props_iou60, props_iou70
+                proposals per image whose best IoU is >= 0.5 / 0.6 / 0.7 (the paper's
+                Figure 1), averaged since the previous log line (Dynamic R-CNN heads only;
+                under torchrun, rank 0's)
+    kth_iou     the KI-th largest proposal IoU (the DLA statistic), averaged likewise
+    kth_err     the Kbeta-th smallest regression error (the DSL statistic), averaged likewise
+    max_mem_mb  peak CUDA memory (CUDA runs only)
     time        seconds per iteration, averaged since the previous log line
     data_time   seconds per iteration spent waiting for data, averaged likewise
 """

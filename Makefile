@@ -49,8 +49,10 @@ test-slow: install
 
 # The installed command, as README's users run it. Piped into a file it prints a progress
 # line every 30 s instead of a progress bar; a rerun replaces runs/demo (--resume continues).
+# DEMO_ARGS adds flags (later ones win), e.g. the tests' tiny `make demo` run.
+DEMO_ARGS ?=
 demo: install
-	$(VENV)/bin/dynrcnn demo --data data/synthetic --out runs/demo
+	$(VENV)/bin/dynrcnn demo --data data/synthetic --out runs/demo $(DEMO_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_ops.py

@@ -31,13 +31,17 @@ import shlex
 import sys
 from typing import Any, Optional, Sequence
 
+import torch
+
+from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import UsageError
 from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
 from dynrcnn.study.arms import seeds_for
 from dynrcnn.study.curve import run_learning_curve
-from dynrcnn.study.report import report_study
+from dynrcnn.study.report import git_commit, hardware, report_study
 
 DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
+DEFAULT_CURVE_RESULTS = "benchmarks/results/learning_curve_cpu.md"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +123,17 @@ def run(args: argparse.Namespace, command: str) -> int:
     spec = spec_from_args(args)
     if args.learning_curve:
         _, text = run_learning_curve(spec, args.longest, args.steps)
-        print(text)
+        path = args.results or DEFAULT_CURVE_RESULTS
+        header = (f"# Learning curve of the baseline (schedule of the study)\n\n"
+                  f"- hardware: {hardware()}; torch {torch.__version__}; {spec.threads} "
+                  f"thread(s) per run, {spec.jobs} run(s) side by side\n"
+                  f"- commit: {git_commit()}\n- command: `{command}`\n"
+                  f"- data: {spec.data_dir} ({spec.num_train} train / {spec.num_val} val, "
+                  f"{spec.image_size} px); seed 0\n\n")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_text(header + text, path)
+        print(header + text)
+        print(f"report written to {path}")
         return 0
     results = args.results or (os.path.join(args.out, "report.md") if args.quick
                                else DEFAULT_RESULTS)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torchvision
+
+from dynrcnn.study.report import cpu_model_name
 
 
 @dataclass
@@ -69,13 +69,7 @@ def time_interleaved(cands: List[Candidate], reps: int, warmup: int,
 def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model_name()
 
 
 def environment(device: torch.device, command: str) -> Dict[str, object]:

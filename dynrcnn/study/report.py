@@ -178,18 +178,22 @@ def plot_ap_vs_iou(results: Sequence[RunResult], out: str,
     return out
 
 
-def hardware() -> str:
-    """CPU model and core count (the report's hardware line)."""
-    name = platform.processor() or platform.machine()
+def cpu_model_name() -> str:
+    """The CPU's model name (/proc/cpuinfo; platform's guess elsewhere). The benchmarks'
+    result headers use it too."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} logical cores"
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> str:
+    """CPU model and core count (the report's hardware line)."""
+    return f"{cpu_model_name()}, {os.cpu_count()} logical cores"
 
 
 def git_commit(cwd: Optional[str] = None) -> str:

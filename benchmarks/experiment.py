@@ -17,7 +17,11 @@ use one thread each (--threads), at most two side by side (--jobs); progress goe
 <out>/study.log. Arms: `--list-arms`.
 
 The report (--results, default benchmarks/results/study_cpu.md) names hardware, commit,
-command and seeds; beside it <stem>_ap_vs_iou.png and <stem>.json (per-run numbers).
+command and seeds; beside it <stem>_ap_vs_iou.png, <stem>.json (per-run numbers) and
+<stem>_runs/ (each finished run's job, log and final metrics, no checkpoints). Copying that
+folder into an --out directory restores its finished runs (`cp -r
+benchmarks/results/study_cpu_runs/. runs/study/`): a study can continue on another machine
+or after runs/ is gone, and `--report-only` rebuilds the tables without retraining.
 The earlier single-seed ablations' reports under benchmarks/results/ablation_cpu*.md stay as
 they were written (their runs used the demo's data set and `small_cpu_config`).
 """
@@ -38,7 +42,7 @@ from dynrcnn.engine.config import UsageError
 from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
 from dynrcnn.study.arms import seeds_for
 from dynrcnn.study.curve import run_learning_curve
-from dynrcnn.study.report import git_commit, hardware, report_study
+from dynrcnn.study.report import archive_runs, git_commit, hardware, report_study
 
 DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
 DEFAULT_CURVE_RESULTS = "benchmarks/results/learning_curve_cpu.md"
@@ -150,8 +154,11 @@ def run(args: argparse.Namespace, command: str) -> int:
         failed = runner.failed
     info: dict[str, Any] = dataclasses.asdict(spec)
     text = report_study(jobs, results, info, command)
+    archive = os.path.splitext(results)[0] + "_runs"
+    archived = archive_runs(jobs, spec.out_dir, archive)
     print(text)
-    print(f"report written to {results}")
+    print(f"report written to {results}; raw data of {len(archived)} finished run(s) in "
+          f"{archive}")
     if failed:  # the report holds the finished runs; the exit status says some are missing
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)",
               file=sys.stderr)

@@ -39,6 +39,26 @@ def test_quick_study_writes_the_report(quick_study) -> None:
     assert not os.path.exists(os.path.join(out, "study.lock"))
 
 
+def test_archive_restores_the_finished_runs_without_checkpoints(quick_study, tmp_path,
+                                                                 capsys) -> None:
+    archive = os.path.join(quick_study, "report_runs")
+    files = sorted(os.path.relpath(os.path.join(d, f), archive)
+                   for d, _, names in os.walk(archive) for f in names)
+    assert "dla_dsl/seed1/eval_0000004/metrics.json" in files
+    assert "baseline/seed0/log.jsonl" in files and "study.json" in files
+    assert not any(f.endswith(".pth") for f in files)
+    # a new machine: the archive copied into an empty --out is a finished study
+    fresh = str(tmp_path / "restored")
+    shutil.copytree(archive, fresh)
+    capsys.readouterr()
+    assert experiment.main(["--quick", "--out", fresh, "--status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert len(status) == 4 and all(line.startswith("finished") for line in status)
+    assert experiment.main(["--quick", "--out", fresh, "--report-only"]) == 0
+    table = read(os.path.join(fresh, "report.md")).split("## Table 3")[1]
+    assert table == read(os.path.join(quick_study, "report.md")).split("## Table 3")[1]
+
+
 def test_rerun_skips_resumes_and_evaluates(quick_study, capsys) -> None:
     out = quick_study
     half = os.path.join(out, "dla_dsl", "seed1")  # back to its earliest kept checkpoint

@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -262,6 +263,40 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     atomic_write_text(json.dumps({"spec": spec, "command": command, "runs": raw}, indent=1),
                       stem + ".json")
     return text
+
+
+# What a finished run keeps in the archive: enough to rebuild the report and to count as
+# finished when copied back into a study directory (no checkpoints: 6 MB each).
+ARCHIVED_FILES = ("job.json", "config.json", "log.jsonl", "eval.jsonl", "train.log")
+ARCHIVED_STUDY_FILES = ("study.json", "study.log")
+
+
+def archive_runs(jobs: Sequence[Any], out_dir: str, dest: str) -> List[str]:
+    """Copy the small files of every finished job (runner.Job) of the study in `out_dir`
+    to `dest`, in the study's own layout (<arm>/seed<s>/...), so that the committed results
+    keep their raw data: copying `dest` back into an --out directory restores the finished
+    runs (`cp -r dest/. runs/study/`) and the report can be rebuilt without retraining.
+    Returns the run directories archived."""
+    done = []
+    for job in jobs:
+        if not job.finished():
+            continue
+        rel = os.path.relpath(job.run_dir, out_dir)
+        if rel.startswith(os.pardir):
+            raise ValueError(f"run {job.run_dir} is not inside the study directory {out_dir}")
+        target = os.path.join(dest, rel)
+        metrics = final_metrics_path(job.run_dir, job.config.iterations)
+        os.makedirs(os.path.join(target, os.path.basename(os.path.dirname(metrics))),
+                    exist_ok=True)
+        for name in ARCHIVED_FILES:
+            if os.path.isfile(os.path.join(job.run_dir, name)):
+                shutil.copy2(os.path.join(job.run_dir, name), os.path.join(target, name))
+        shutil.copy2(metrics, os.path.join(target, os.path.relpath(metrics, job.run_dir)))
+        done.append(rel)
+    for name in ARCHIVED_STUDY_FILES:
+        if done and os.path.isfile(os.path.join(out_dir, name)):
+            shutil.copy2(os.path.join(out_dir, name), os.path.join(dest, name))
+    return done
 
 
 def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str) -> str:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from dynrcnn.engine.config import UsageError
-from dynrcnn.study import ARMS, BASELINE, CORE, StudySpec, plan, select_arms
+from dynrcnn.study import ARMS, BASELINE, CORE, TABLES, StudySpec, plan, select_arms
 from dynrcnn.study.arms import KBETA, KI, scaled_k, seeds_for
 from dynrcnn.study.curve import curve_report
 from dynrcnn.study.report import RunResult, paired_table, table1_direction, write_report
@@ -44,6 +44,19 @@ def test_arms_cover_the_papers_tables_and_the_controls() -> None:
     assert ARMS["c_half"].dynamic_config(20)["interval"] == 10
     assert ARMS["cascade"].dynamic_config(20) is None
     assert all(a.model_kwargs()["rpn_nms_thresh"] == 0.7 for a in ARMS.values())
+
+
+def test_no_two_arms_train_the_same_detector() -> None:
+    # training is deterministic, so two arms with one configuration would only repeat runs
+    # bit for bit (KI = 75 of Table 4 is the `dla` arm, listed there by name)
+    configs = {}
+    for arm in ARMS.values():
+        key = json.dumps([arm.arch, arm.dynamic_config(50), arm.model_kwargs(), arm.schedule],
+                         sort_keys=True)
+        assert key not in configs, f"{arm.name} trains what {configs.get(key)} trains"
+        configs[key] = arm.name
+    assert TABLES["Table 4"] == ("dla_ki64", "dla", "dla_ki100")
+    assert ARMS["dla"].dynamic_config(50)["k_iou"] == scaled_k(75)
 
 
 def test_seeds_core_arms_get_more_and_the_baseline_the_most() -> None:

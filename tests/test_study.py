@@ -204,3 +204,21 @@ def test_a_failing_run_is_logged_and_the_others_still_run(tmp_path, monkeypatch)
         log = f.read()
     assert "FAILED baseline seed 0 (exit 3)" in log and "0/4 finished, 4 failed" in log
     assert not os.path.exists(tmp_path / "study.lock")
+
+
+def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:
+    from dynrcnn.study.figures import mean_curves, plot_dynamics
+
+    runs = []
+    for seed, thr in enumerate((0.5, 0.7)):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        rows = [{"iteration": 10, "iou_thr": 0.4}, {"iteration": 20, "iou_thr": thr}]
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        runs.append(str(run))
+    its, values = mean_curves(runs, "iou_thr")
+    assert its == [10, 20] and values == pytest.approx([0.4, 0.6])
+    assert mean_curves(runs, "beta") is None  # e.g. Cascade R-CNN logs no T / beta
+    out = str(tmp_path / "dyn.png")
+    assert plot_dynamics({"dla": runs}, out) == out and os.path.getsize(out) > 0
+    assert plot_dynamics({"none": [str(tmp_path / "missing")]}, out + "2") is None

@@ -34,7 +34,9 @@ def test_quick_study_writes_the_report(quick_study) -> None:
     for needle in ("- hardware:", "- commit:", "--quick", "baseline 0,1; dla_dsl 0,1",
                    "| dla_dsl | 0,1 |", "(n=2)", "## Figure-1 diagnostics"):
         assert needle in report
-    for name in ("report_ap_vs_iou.png", "report.json", "study.log", "study.json"):
+    assert "![training dynamics](report_dynamics.png)" in report
+    for name in ("report_ap_vs_iou.png", "report_dynamics.png", "report.json", "study.log",
+                 "study.json"):
         assert os.path.isfile(os.path.join(out, name))
     assert not os.path.exists(os.path.join(out, "study.lock"))
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.logger import read_jsonl
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
+from dynrcnn.study.figures import plot_dynamics
 from dynrcnn.study.layout import final_metrics_path
 from dynrcnn.study.stats import paired_difference, summarize
 
@@ -210,9 +211,10 @@ def git_commit(cwd: Optional[str] = None) -> str:
 
 
 def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
-                 command: str, planned: int) -> str:
+                 command: str, planned: int, dynamics_plot: Optional[str] = None) -> str:
     """Write the Markdown report (path), its plot (<stem>_ap_vs_iou.png) and the raw
-    per-run numbers (<stem>.json); returns the Markdown text."""
+    per-run numbers (<stem>.json); returns the Markdown text. dynamics_plot: a figure of
+    T / beta / Figure-1 over training (figures.plot_dynamics) to show under the tables."""
     import torch
 
     stem = os.path.splitext(path)[0]
@@ -256,6 +258,10 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
                   "run's iterations, then over seeds.", "", diag]
     if plot:
         lines += [f"![AP vs IoU]({os.path.basename(plot)})", ""]
+    if dynamics_plot:
+        lines += ["T, beta and the Figure-1 counts over training (mean over each arm's "
+                  "seeds):", "", f"![training dynamics]({os.path.basename(dynamics_plot)})",
+                  ""]
     text = "\n".join(lines)
     atomic_write_text(text, path)
     raw = [{"arm": r.arm, "seed": r.seed, **r.metrics, "final_t": r.final_t,
@@ -301,6 +307,12 @@ def archive_runs(jobs: Sequence[Any], out_dir: str, dest: str) -> List[str]:
 
 def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str) -> str:
     """write_report over the finished ones of `jobs` (runner.Job)."""
+    finished = [j for j in jobs if j.finished()]
     results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations)
-               for j in jobs if j.finished()]
-    return write_report(results, path, spec, command, planned=len(jobs))
+               for j in finished]
+    runs_by_arm: Dict[str, List[str]] = {}
+    for job in finished:
+        runs_by_arm.setdefault(job.arm.name, []).append(job.run_dir)
+    dynamics = plot_dynamics(runs_by_arm, os.path.splitext(path)[0] + "_dynamics.png")
+    return write_report(results, path, spec, command, planned=len(jobs),
+                        dynamics_plot=dynamics)

@@ -1,0 +1,66 @@
+"""The study's training-dynamics figure: T and beta of every arm over training, and the
+paper's Figure 1 (proposals per image above IoU 0.5 / 0.7), each the mean over the arm's
+finished seeds at every logged iteration. It shows where DLA's threshold goes relative to
+the fixed arms and how fast the proposals improve, which the AP tables alone cannot."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from dynrcnn.engine.logger import read_jsonl
+
+# (log key, panel title); the last two are the Figure-1 counts
+PANELS: Tuple[Tuple[str, str], ...] = (
+    ("iou_thr", "IoU threshold T"),
+    ("beta", "SmoothL1 beta"),
+    ("props_iou50", "proposals / image, IoU >= 0.5"),
+    ("props_iou70", "proposals / image, IoU >= 0.7"),
+)
+
+
+def mean_curves(run_dirs: Sequence[str], key: str) -> Optional[Tuple[List[int], List[float]]]:
+    """(iterations, mean of `key` over the runs logging it at that iteration), or None when
+    no run logs `key`."""
+    sums: Dict[int, List[float]] = {}
+    for run_dir in run_dirs:
+        for row in read_jsonl(os.path.join(run_dir, "log.jsonl")):
+            value = row.get(key)
+            if value is not None:
+                sums.setdefault(int(row["iteration"]), []).append(float(value))
+    if not sums:
+        return None
+    its = sorted(sums)
+    return its, [sum(sums[i]) / len(sums[i]) for i in its]
+
+
+def plot_dynamics(runs_by_arm: Dict[str, Sequence[str]], out: str) -> Optional[str]:
+    """One figure, four panels (PANELS), one line per arm (mean over its run directories);
+    returns `out`, or None when no run has a log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: Dict[str, Dict[str, Any]] = {}
+    for arm, dirs in runs_by_arm.items():
+        got = {key: mean_curves(dirs, key) for key, _ in PANELS}
+        if any(c is not None for c in got.values()):
+            curves[arm] = got
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
+    for ax, (key, title) in zip(axes, PANELS):
+        for arm, got in curves.items():
+            if got[key] is not None:
+                its, values = got[key]
+                ax.plot(its, values, label=f"{arm} (n={len(runs_by_arm[arm])})", lw=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

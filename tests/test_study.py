@@ -156,6 +156,9 @@ def test_report_tables_and_table1_direction(tmp_path) -> None:
     assert os.path.getsize(str(tmp_path / "r" / "study_ap_vs_iou.png")) > 0
     with open(tmp_path / "r" / "study.json") as f:
         assert len(json.load(f)["runs"]) == 6
+    dla = [RunResult("dla", r.seed, r.metrics, 0.65, 1.0, {}, {}) for r in shown[::2]]
+    text = write_report(shown + dla, path, spec, "x", planned=9)
+    assert "## Table 3" in text and "## Table 4" not in text  # only its KI = 75 row, dla
 
 
 def test_lock_refuses_a_second_live_runner(tmp_path) -> None:
@@ -207,7 +210,7 @@ def test_a_failing_run_is_logged_and_the_others_still_run(tmp_path, monkeypatch)
 
 
 def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:
-    from dynrcnn.study.figures import mean_curves, plot_dynamics
+    from dynrcnn.study.figures import lr_drops, mean_curves, plot_dynamics
 
     runs = []
     for seed, thr in enumerate((0.5, 0.7)):
@@ -219,6 +222,11 @@ def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:
     its, values = mean_curves(runs, "iou_thr")
     assert its == [10, 20] and values == pytest.approx([0.4, 0.6])
     assert mean_curves(runs, "beta") is None  # e.g. Cascade R-CNN logs no T / beta
+    assert lr_drops(runs) == []
+    (tmp_path / "seed0" / "log.jsonl").write_text("".join(
+        json.dumps({"iteration": i, "lr": lr}) + "\n"
+        for i, lr in ((10, 0.01), (20, 0.02), (30, 0.002), (40, 0.0019), (50, 0.0002))))
+    assert lr_drops(runs) == [30, 50]  # warmup's rise and a slow decay are not steps
     out = str(tmp_path / "dyn.png")
     assert plot_dynamics({"dla": runs}, out) == out and os.path.getsize(out) > 0
     assert plot_dynamics({"none": [str(tmp_path / "missing")]}, out + "2") is None

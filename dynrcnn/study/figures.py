@@ -34,6 +34,17 @@ def mean_curves(run_dirs: Sequence[str], key: str) -> Optional[Tuple[List[int], 
     return its, [sum(sums[i]) / len(sums[i]) for i in its]
 
 
+def lr_drops(run_dirs: Sequence[str]) -> List[int]:
+    """Logged iterations at which the learning rate fell (the schedule's steps), read from
+    the first run that has a log."""
+    for run_dir in run_dirs:
+        rows = [r for r in read_jsonl(os.path.join(run_dir, "log.jsonl")) if "lr" in r]
+        if rows:
+            return [int(b["iteration"]) for a, b in zip(rows, rows[1:])
+                    if float(b["lr"]) < 0.5 * float(a["lr"])]
+    return []
+
+
 def plot_dynamics(runs_by_arm: Dict[str, Sequence[str]], out: str) -> Optional[str]:
     """One figure, four panels (PANELS), one line per arm (mean over its run directories);
     returns `out`, or None when no run has a log."""
@@ -49,8 +60,11 @@ def plot_dynamics(runs_by_arm: Dict[str, Sequence[str]], out: str) -> Optional[s
             curves[arm] = got
     if not curves:
         return None
+    drops = lr_drops([d for dirs in runs_by_arm.values() for d in dirs])
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for ax, (key, title) in zip(axes, PANELS):
+        for k, it in enumerate(drops):  # learning-rate steps, dotted
+            ax.axvline(it, color="gray", ls=":", lw=1, label="lr step" if k == 0 else None)
         for arm, got in curves.items():
             if got[key] is not None:
                 its, values = got[key]

@@ -220,9 +220,15 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     stem = os.path.splitext(path)[0]
     arms = [a for a in ARMS if any(r.arm == a for r in results)]
     tables = {t: [a for a in names if a in arms] for t, names in TABLES.items()}
-    # a table holding only the baseline (its own arms not run) says nothing new
-    tables = {t: names for t, names in tables.items()
-              if t == "Table 3" or any(a != BASELINE for a in names)}
+    # a table whose arms all appear in an earlier one (e.g. Table 4 with only its KI = 75
+    # row, the dla arm of Table 3) says nothing new
+    shown: set = set()
+    kept = {}
+    for t, names in tables.items():
+        if t == "Table 3" or any(a not in shown and a != BASELINE for a in names):
+            kept[t] = names
+            shown.update(names)
+    tables = kept
     plot = plot_ap_vs_iou(results, stem + "_ap_vs_iou.png", tables)
     seeds = {a: sorted(r.seed for r in results if r.arm == a) for a in arms}
     lines = [

@@ -55,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "confidence intervals. Resumable; arms: --list-arms.")
     d = StudySpec(out_dir="", data_dir="")
     p.add_argument("--out", default="runs/study", help="run directories and study.log")
+    p.add_argument("--recipe", default="study", choices=["study", "study_exact"],
+                   help="study data: 'study' (training boxes jittered by up to 1.5 px, as "
+                   "real labels) or 'study_exact' (the same images, exact training boxes: "
+                   "the label-noise control)")
     p.add_argument("--data", default=None,
-                   help="study data set (default: data/study_<image-size>; generated once)")
+                   help="study data set (default: data/<recipe>_<image-size>; generated once)")
     p.add_argument("--arms", nargs="+", default=["core"],
                    help="arm names, 'core' or 'all' (default: core)")
     p.add_argument("--iterations", type=int, default=d.iterations,
@@ -91,8 +95,10 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
     if args.quick:
         spec = quick_spec(args.out)
         return dataclasses.replace(spec, jobs=args.jobs, threads=args.threads)
-    return StudySpec(out_dir=args.out, data_dir=args.data or f"data/study_{args.image_size}",
-                     arms=args.arms, iterations=args.iterations, interval=args.interval,
+    return StudySpec(out_dir=args.out,
+                     data_dir=args.data or f"data/{args.recipe}_{args.image_size}",
+                     recipe=args.recipe, arms=args.arms, iterations=args.iterations,
+                     interval=args.interval,
                      image_size=args.image_size, core_seeds=args.core_seeds,
                      other_seeds=args.other_seeds, jobs=args.jobs, threads=args.threads,
                      num_train=args.num_train, num_val=args.num_val)

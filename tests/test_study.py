@@ -4,6 +4,7 @@ numbers, and the runner's input checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -230,3 +231,18 @@ def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:
     out = str(tmp_path / "dyn.png")
     assert plot_dynamics({"dla": runs}, out) == out and os.path.getsize(out) > 0
     assert plot_dynamics({"none": [str(tmp_path / "missing")]}, out + "2") is None
+
+
+def test_label_noise_control_is_its_own_study(tmp_path, capsys) -> None:
+    args = experiment.build_parser().parse_args(["--recipe", "study_exact", "--out", "o"])
+    spec = experiment.spec_from_args(args)
+    assert (spec.recipe, spec.data_dir) == ("study_exact", "data/study_exact_256")
+    default = experiment.spec_from_args(experiment.build_parser().parse_args([]))
+    assert (default.recipe, default.data_dir) == ("study", "data/study_256")
+    # an --out holding the jittered study refuses the exact one (mixed data), in one line
+    (tmp_path / "study.json").write_text(json.dumps({"recipe": "study"}))
+    from dynrcnn.study import Runner
+
+    runner = Runner(dataclasses.replace(spec, out_dir=str(tmp_path)), echo=False)
+    with pytest.raises(UsageError, match=r"--out .* recipe \('study' -> 'study_exact'\)"):
+        runner._check_same_study()

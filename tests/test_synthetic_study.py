@@ -124,3 +124,10 @@ def test_recipe_errors_name_the_recipe_and_knobs() -> None:
         SyntheticConfig(box_jitter=-1.0)
     assert recipe_config("study", max_objects=3).max_objects == 3
     assert STUDY_SPLITS["num_train"] >= 2000 and STUDY_SPLITS["num_val"] >= 500
+
+
+def test_study_exact_is_the_study_without_label_jitter() -> None:
+    # same images and validation set (the jitter has its own generator, see the test
+    # above); only the training boxes are exact
+    assert RECIPES["study_exact"] == {**RECIPES["study"], "box_jitter": 0.0}
+    assert recipe_config("study_exact") == recipe_config("study", box_jitter=0.0)

@@ -468,7 +468,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--image-size", type=int, nargs=2, default=(256, 256),
                         metavar=("H", "W"))
-    parser.add_argument("--recipe", default="default", help="default (the demo's) or study")
+    parser.add_argument("--recipe", default="default",
+                        help="default (the demo's), study or study_exact")
     parser.add_argument("--num-classes", type=int, default=None,
                         help=f"1..{len(SHAPE_CLASSES)}: {', '.join(SHAPE_CLASSES)}")
     parser.add_argument("--max-objects", type=int, default=None, help="default 6")

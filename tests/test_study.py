@@ -211,7 +211,7 @@ def test_a_failing_run_is_logged_and_the_others_still_run(tmp_path, monkeypatch)
 
 
 def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:
-    from dynrcnn.study.figures import lr_drops, mean_curves, plot_dynamics
+    from dynrcnn.study.figures import lr_drops, mean_curves, plot_dynamics, read_logs
 
     runs = []
     for seed, thr in enumerate((0.5, 0.7)):
@@ -220,14 +220,14 @@ def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:
         rows = [{"iteration": 10, "iou_thr": 0.4}, {"iteration": 20, "iou_thr": thr}]
         (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
         runs.append(str(run))
-    its, values = mean_curves(runs, "iou_thr")
+    its, values = mean_curves(read_logs(runs), "iou_thr")
     assert its == [10, 20] and values == pytest.approx([0.4, 0.6])
-    assert mean_curves(runs, "beta") is None  # e.g. Cascade R-CNN logs no T / beta
-    assert lr_drops(runs) == []
+    assert mean_curves(read_logs(runs), "beta") is None  # e.g. Cascade R-CNN logs no T / beta
+    assert lr_drops(read_logs(runs)) == []
     (tmp_path / "seed0" / "log.jsonl").write_text("".join(
         json.dumps({"iteration": i, "lr": lr}) + "\n"
         for i, lr in ((10, 0.01), (20, 0.02), (30, 0.002), (40, 0.0019), (50, 0.0002))))
-    assert lr_drops(runs) == [30, 50]  # warmup's rise and a slow decay are not steps
+    assert lr_drops(read_logs(runs)) == [30, 50]  # warmup's rise and a slow decay are not steps
     out = str(tmp_path / "dyn.png")
     assert plot_dynamics({"dla": runs}, out) == out and os.path.getsize(out) > 0
     assert plot_dynamics({"none": [str(tmp_path / "missing")]}, out + "2") is None

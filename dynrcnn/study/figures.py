@@ -19,12 +19,20 @@ PANELS: Tuple[Tuple[str, str], ...] = (
 )
 
 
-def mean_curves(run_dirs: Sequence[str], key: str) -> Optional[Tuple[List[int], List[float]]]:
+Log = List[Dict[str, Any]]
+
+
+def read_logs(run_dirs: Sequence[str]) -> List[Log]:
+    """Each run's log.jsonl records (empty for a run without a log), read once."""
+    return [read_jsonl(os.path.join(run_dir, "log.jsonl")) for run_dir in run_dirs]
+
+
+def mean_curves(logs: Sequence[Log], key: str) -> Optional[Tuple[List[int], List[float]]]:
     """(iterations, mean of `key` over the runs logging it at that iteration), or None when
     no run logs `key`."""
     sums: Dict[int, List[float]] = {}
-    for run_dir in run_dirs:
-        for row in read_jsonl(os.path.join(run_dir, "log.jsonl")):
+    for rows in logs:
+        for row in rows:
             value = row.get(key)
             if value is not None:
                 sums.setdefault(int(row["iteration"]), []).append(float(value))
@@ -34,11 +42,11 @@ def mean_curves(run_dirs: Sequence[str], key: str) -> Optional[Tuple[List[int], 
     return its, [sum(sums[i]) / len(sums[i]) for i in its]
 
 
-def lr_drops(run_dirs: Sequence[str]) -> List[int]:
+def lr_drops(logs: Sequence[Log]) -> List[int]:
     """Logged iterations at which the learning rate fell (the schedule's steps), read from
     the first run that has a log."""
-    for run_dir in run_dirs:
-        rows = [r for r in read_jsonl(os.path.join(run_dir, "log.jsonl")) if "lr" in r]
+    for log in logs:
+        rows = [r for r in log if "lr" in r]
         if rows:
             return [int(b["iteration"]) for a, b in zip(rows, rows[1:])
                     if float(b["lr"]) < 0.5 * float(a["lr"])]
@@ -53,14 +61,15 @@ def plot_dynamics(runs_by_arm: Dict[str, Sequence[str]], out: str) -> Optional[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    logs = {arm: read_logs(dirs) for arm, dirs in runs_by_arm.items()}
     curves: Dict[str, Dict[str, Any]] = {}
-    for arm, dirs in runs_by_arm.items():
-        got = {key: mean_curves(dirs, key) for key, _ in PANELS}
+    for arm, arm_logs in logs.items():
+        got = {key: mean_curves(arm_logs, key) for key, _ in PANELS}
         if any(c is not None for c in got.values()):
             curves[arm] = got
     if not curves:
         return None
-    drops = lr_drops([d for dirs in runs_by_arm.values() for d in dirs])
+    drops = lr_drops([log for arm_logs in logs.values() for log in arm_logs])
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for ax, (key, title) in zip(axes, PANELS):
         for k, it in enumerate(drops):  # learning-rate steps, dotted

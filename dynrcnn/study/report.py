@@ -298,12 +298,12 @@ def archive_runs(jobs: Sequence[Any], out_dir: str, dest: str) -> List[str]:
             raise ValueError(f"run {job.run_dir} is not inside the study directory {out_dir}")
         target = os.path.join(dest, rel)
         metrics = final_metrics_path(job.run_dir, job.config.iterations)
-        os.makedirs(os.path.join(target, os.path.basename(os.path.dirname(metrics))),
-                    exist_ok=True)
+        metrics_copy = os.path.join(target, os.path.relpath(metrics, job.run_dir))
+        os.makedirs(os.path.dirname(metrics_copy), exist_ok=True)
         for name in ARCHIVED_FILES:
             if os.path.isfile(os.path.join(job.run_dir, name)):
                 shutil.copy2(os.path.join(job.run_dir, name), os.path.join(target, name))
-        shutil.copy2(metrics, os.path.join(target, os.path.relpath(metrics, job.run_dir)))
+        shutil.copy2(metrics, metrics_copy)
         done.append(rel)
     for name in ARCHIVED_STUDY_FILES:
         if done and os.path.isfile(os.path.join(out_dir, name)):

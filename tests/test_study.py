@@ -145,7 +145,7 @@ def test_report_tables_and_table1_direction(tmp_path) -> None:
     spread = results(39.0, 43.0)
     spread[-1].metrics["AP90"] = 30.0  # one seed's AP90 far below: the interval holds 0
     assert "point that way, not resolved" in table1_direction(spread)
-    assert "t060 | -1.0 [" in paired_table(shown, [BASELINE, "t060"])
+    assert "| t060 - baseline | -1.0 [" in paired_table(shown, [("t060", BASELINE)])
     path = str(tmp_path / "r" / "study.md")
     spec = {"threads": 1, "jobs": 1, "recipe": "study", "iterations": 10}
     text = write_report(shown, path, spec, "python benchmarks/experiment.py", planned=8)
@@ -160,6 +160,30 @@ def test_report_tables_and_table1_direction(tmp_path) -> None:
     dla = [RunResult("dla", r.seed, r.metrics, 0.65, 1.0, {}, {}) for r in shown[::2]]
     text = write_report(shown + dla, path, spec, "x", planned=9)
     assert "## Table 3" in text and "## Table 4" not in text  # only its KI = 75 row, dla
+
+
+def _renamed(runs, arm: str, shift: float = 0.0):
+    return [RunResult(arm, r.seed, {c: v + shift for c, v in r.metrics.items()}, r.final_t,
+                      r.final_beta, {}, {}) for r in runs]
+
+
+def test_report_pairs_each_arm_with_its_reference_and_controls_with_their_arm(
+        tmp_path) -> None:
+    base = [r for r in results(39.0, 43.0) if r.arm == BASELINE]
+    runs = (base + _renamed(base, "dla_dsl", -2.0) + _renamed(base, "authors_stats", 1.0)
+            + _renamed(base, "baseline_2x", 5.0) + _renamed(base, "dla_dsl_2x", 8.0))
+    spec = {"threads": 1, "jobs": 1, "recipe": "study", "iterations": 10}
+    text = write_report(runs, str(tmp_path / "s.md"), spec, "x", planned=15)
+    # the doubled schedule is paired with the doubled baseline (+3), not the 1x one (+8)
+    assert "| dla_dsl_2x - baseline_2x | +3.0 [+3.0, +3.0] (n=3) *" in text
+    assert "| baseline_2x - baseline | +5.0 [" in text
+    assert "| authors_stats - baseline | +1.0 [" in text
+    # a control is also paired with the arm it changes one thing of
+    assert "## Controls against the arm they change" in text
+    assert "| authors_stats - dla_dsl | +3.0 [" in text
+    assert "dla_dsl_2x - dla_dsl" not in text
+    assert all(ARMS[a].reference in ARMS for a in ARMS)
+    assert all(ARMS[a].variant_of in (None, *ARMS) for a in ARMS)
 
 
 def test_lock_refuses_a_second_live_runner(tmp_path) -> None:

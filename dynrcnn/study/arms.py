@@ -15,7 +15,7 @@ and 3 (`scaled_k`). The old CPU setting (15 and 4, i.e. 5%) is the `ki_5pct` con
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 PAPER_PROPOSALS = 1000  # RPN proposals per image in the authors' training
 PROPOSALS = 300  # rpn_post_nms_top_n_train of the CPU setting
@@ -39,7 +39,9 @@ class Arm:
     (Table 3, fixed T = 0.6, Cascade R-CNN), which gets more seeds. dynamic: DynamicConfig
     fields over the study's defaults; model: detector kwargs over COMMON_MODEL; schedule:
     a multiple of the study's iterations (the schedule-length controls); interval_factor:
-    a multiple of the study's C (the C controls).
+    a multiple of the study's C (the C controls). reference: the arm it is paired with in
+    the report (the baseline, or the baseline at the same schedule); variant_of: for a
+    control, the arm it changes one thing of, so that the report also pairs the two.
     """
 
     name: str
@@ -51,6 +53,8 @@ class Arm:
     schedule: float = 1.0
     interval_factor: float = 1.0
     core: bool = False
+    reference: str = BASELINE
+    variant_of: Optional[str] = None
 
     def dynamic_config(self, interval: int) -> Dict[str, Any] | None:
         """The DynamicConfig fields of this arm (None for the non-dynamic detectors)."""
@@ -102,14 +106,17 @@ def _arms() -> Tuple[Arm, ...]:
             core=True),
         # controls: the leading explanations of a DLA+DSL deficit
         Arm("ki_5pct", "control", "DLA + DSL with the old CPU KI / Kbeta (15 / 4 of 300)",
-            dynamic={"k_iou": 15, "k_err": 4}),
+            dynamic={"k_iou": 15, "k_err": 4}, variant_of="dla_dsl"),
         Arm("authors_stats", "control",
             "DLA + DSL with the authors' statistics (ground-truth copies counted)",
-            dynamic={"stats_with_gt": True}),
+            dynamic={"stats_with_gt": True}, variant_of="dla_dsl"),
         Arm("c_half", "control", "DLA + DSL, C halved (T and beta updated twice as often)",
-            interval_factor=0.5),
-        Arm("c_double", "control", "DLA + DSL, C doubled", interval_factor=2.0),
-        Arm("dla_dsl_2x", "control", "DLA + DSL, twice the schedule", schedule=2.0),
+            interval_factor=0.5, variant_of="dla_dsl"),
+        Arm("c_double", "control", "DLA + DSL, C doubled", interval_factor=2.0,
+            variant_of="dla_dsl"),
+        # paired with the baseline at the same (doubled) schedule, not the 1x baseline
+        Arm("dla_dsl_2x", "control", "DLA + DSL, twice the schedule", schedule=2.0,
+            reference="baseline_2x"),
         Arm("baseline_2x", "control", "baseline, twice the schedule", dynamic=_FIXED_T,
             schedule=2.0),
     )

@@ -11,7 +11,7 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.logger import read_jsonl
@@ -89,22 +89,29 @@ def arm_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
-def paired_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
-    """Markdown: arm - baseline at the same seed, mean and 95% t-interval per column."""
+def reference_of(arm: str) -> str:
+    """The arm that `arm` is paired with: its Arm.reference (the baseline unless a control
+    changes the schedule); the baseline for names the study does not know."""
+    return ARMS[arm].reference if arm in ARMS else BASELINE
+
+
+def paired_table(results: Sequence[RunResult], pairs: Sequence[Tuple[str, str]]) -> str:
+    """Markdown: for each (arm, reference) pair, arm - reference at the same seed, mean and
+    95% t-interval per column. Pairs with an arm or reference not in `results` are left
+    out; so are seeds that only one of the two has."""
     groups = _by_arm(results)
-    base = {r.seed: r for r in groups.get(BASELINE, [])}
-    lines = ["| arm - baseline | " + " | ".join(COLUMNS) + " |",
+    lines = ["| arm - reference | " + " | ".join(COLUMNS) + " |",
              "|---|" + "---:|" * len(COLUMNS)]
-    for arm in arms:
-        if arm == BASELINE or arm not in groups:
+    for arm, ref in pairs:
+        if arm == ref or arm not in groups or ref not in groups:
             continue
         cells = []
         for c in COLUMNS:
             diff = paired_difference({r.seed: r.metrics[c] for r in groups[arm]},
-                                     {s: r.metrics[c] for s, r in base.items()})
+                                     {r.seed: r.metrics[c] for r in groups[ref]})
             cells.append("-" if diff is None else
                          diff.text() + (" *" if diff.excludes_zero else ""))
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} - {ref} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -253,9 +260,17 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
         text = arm_table(results, names)
         if text:
             lines += [f"## {title}", "", text]
-    diff = paired_table(results, arms)
+    diff = paired_table(results, [(a, reference_of(a)) for a in arms])
     if diff:
-        lines += ["## Paired differences to the baseline (95% CI)", "", diff]
+        lines += ["## Paired differences to the baseline (95% CI)", "",
+                  "Each arm against the baseline at the same seed (the doubled-schedule "
+                  "arm against the baseline at the doubled schedule).", "", diff]
+    variants = paired_table(results, [(a, ARMS[a].variant_of) for a in arms
+                                      if ARMS[a].variant_of])
+    if variants:
+        lines += ["## Controls against the arm they change (95% CI)", "",
+                  "Each control against the arm it changes one thing of, at the same seed: "
+                  "does the change move it?", "", variants]
     diag = diagnostics_table(results, arms)
     if diag:
         lines += ["## Figure-1 diagnostics", "",

@@ -43,6 +43,7 @@ from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
 from dynrcnn.study.arms import seeds_for
 from dynrcnn.study.curve import run_learning_curve
 from dynrcnn.study.report import archive_runs, git_commit, hardware, report_study
+from dynrcnn.study.runner import recorded_run_settings
 
 DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
 DEFAULT_CURVE_RESULTS = "benchmarks/results/learning_curve_cpu.md"
@@ -159,6 +160,9 @@ def run(args: argparse.Namespace, command: str) -> int:
         runner.run()
         failed = runner.failed
     info: dict[str, Any] = dataclasses.asdict(spec)
+    if args.report_only:  # the header states how the runs ran, not this command's flags
+        info.update(recorded_run_settings(spec.out_dir) or
+                    {"jobs": "unrecorded", "threads": "unrecorded"})
     text = report_study(jobs, results, info, command)
     archive = os.path.splitext(results)[0] + "_runs"
     archived = archive_runs(jobs, spec.out_dir, archive)

@@ -56,7 +56,10 @@ def test_archive_restores_the_finished_runs_without_checkpoints(quick_study, tmp
     assert experiment.main(["--quick", "--out", fresh, "--status"]) == 0
     status = capsys.readouterr().out.splitlines()
     assert len(status) == 4 and all(line.startswith("finished") for line in status)
-    assert experiment.main(["--quick", "--out", fresh, "--report-only"]) == 0
+    # --jobs here is this command's flag: the header keeps how the runs were run
+    assert experiment.main(["--quick", "--out", fresh, "--report-only", "--jobs", "2"]) == 0
+    assert "1 thread(s) per run, 1 run(s) side by side" in read(os.path.join(fresh,
+                                                                            "report.md"))
     table = read(os.path.join(fresh, "report.md")).split("## Table 3")[1]
     assert table == read(os.path.join(quick_study, "report.md")).split("## Table 3")[1]
 

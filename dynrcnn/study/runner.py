@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import TrainConfig, UsageError, save_config
 from dynrcnn.engine.presets import small_cpu_config
 from dynrcnn.study.arms import Arm, seeds_for, select_arms
@@ -241,6 +242,7 @@ class Runner:
         fixed = ("iterations", "interval", "image_size", "recipe", "data_dir", "num_train",
                  "num_val")
         mine = {k: getattr(self.spec, k) for k in fixed}
+        saved: Dict[str, Any] = {}
         if os.path.isfile(path):
             with open(path) as f:
                 saved = json.load(f)
@@ -249,8 +251,13 @@ class Runner:
             if changed:
                 raise UsageError(f"--out {self.spec.out_dir} holds a study with other settings: "
                                  f"{', '.join(changed)}; use another --out directory")
-        with open(path, "w") as f:
-            json.dump(mine, f, indent=2)
+        # how the runs were run (free to change between invocations): the report's header
+        # states it, also when rebuilt later with --report-only and other flags
+        run_with = [w for w in saved.get("run_with", []) if isinstance(w, dict)]
+        here = {"jobs": self.spec.jobs, "threads": self.spec.threads}
+        if here not in run_with:
+            run_with.append(here)
+        atomic_write_text(json.dumps({**mine, "run_with": run_with}, indent=2), path)
 
     def _run_all(self) -> None:
         todo = [j for j in self.jobs if not j.finished()]
@@ -294,6 +301,21 @@ class Runner:
             return ""
         per_job = sum(done_times) / len(done_times)
         return f", about {per_job * left / self.spec.jobs / 60:.0f} min left"
+
+
+def recorded_run_settings(out_dir: str) -> Optional[Dict[str, str]]:
+    """'jobs' and 'threads' as the runner recorded them in out_dir/study.json over all its
+    invocations ("2", or "1 or 2" when they changed); None when nothing is recorded."""
+    path = os.path.join(out_dir, "study.json")
+    try:
+        with open(path) as f:
+            run_with = json.load(f).get("run_with") or []
+    except (OSError, ValueError):
+        return None
+    if not run_with:
+        return None
+    return {k: " or ".join(str(v) for v in sorted({w[k] for w in run_with if k in w}))
+            for k in ("jobs", "threads")}
 
 
 def _metrics_text(job: Job) -> str:

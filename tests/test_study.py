@@ -270,3 +270,24 @@ def test_label_noise_control_is_its_own_study(tmp_path, capsys) -> None:
     runner = Runner(dataclasses.replace(spec, out_dir=str(tmp_path)), echo=False)
     with pytest.raises(UsageError, match=r"--out .* recipe \('study' -> 'study_exact'\)"):
         runner._check_same_study()
+
+
+def test_git_commit_flags_code_changes_but_not_the_reports_own_output(tmp_path) -> None:
+    import subprocess
+
+    from dynrcnn.study.report import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "study.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    (tmp_path / "benchmarks" / "results" / "study.md").write_text("new report\n")
+    assert "uncommitted" not in git_commit(str(tmp_path / "benchmarks"))
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(str(tmp_path / "benchmarks")).endswith("+ uncommitted changes")

@@ -206,12 +206,16 @@ def hardware() -> str:
 
 
 def git_commit(cwd: Optional[str] = None) -> str:
-    """HEAD's hash, with '+uncommitted changes' when the tracked files differ from it."""
+    """HEAD's hash, with '+uncommitted changes' when the tracked files differ from it.
+    benchmarks/results/ does not count: the report being written lands there."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, text=True,
                               capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, text=True, capture_output=True, check=True).stdout
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)benchmarks/results"],
+                               cwd=top, text=True, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (" + uncommitted changes" if dirty.strip() else "")

@@ -20,6 +20,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,7 +243,6 @@ class Runner:
         fixed = ("iterations", "interval", "image_size", "recipe", "data_dir", "num_train",
                  "num_val")
         mine = {k: getattr(self.spec, k) for k in fixed}
-        saved: Dict[str, Any] = {}
         if os.path.isfile(path):
             with open(path) as f:
                 saved = json.load(f)
@@ -251,13 +251,7 @@ class Runner:
             if changed:
                 raise UsageError(f"--out {self.spec.out_dir} holds a study with other settings: "
                                  f"{', '.join(changed)}; use another --out directory")
-        # how the runs were run (free to change between invocations): the report's header
-        # states it, also when rebuilt later with --report-only and other flags
-        run_with = [w for w in saved.get("run_with", []) if isinstance(w, dict)]
-        here = {"jobs": self.spec.jobs, "threads": self.spec.threads}
-        if here not in run_with:
-            run_with.append(here)
-        atomic_write_text(json.dumps({**mine, "run_with": run_with}, indent=2), path)
+        atomic_write_text(json.dumps(mine, indent=2), path)
 
     def _run_all(self) -> None:
         todo = [j for j in self.jobs if not j.finished()]
@@ -303,19 +297,23 @@ class Runner:
         return f", about {per_job * left / self.spec.jobs / 60:.0f} min left"
 
 
+# the runner's first line of each invocation in study.log (see Runner._run_all)
+_INVOCATION = re.compile(r"(\d+) to run \((\d+) at a time, (\d+) thread\(s\) each\)")
+
+
 def recorded_run_settings(out_dir: str) -> Optional[Dict[str, str]]:
-    """'jobs' and 'threads' as the runner recorded them in out_dir/study.json over all its
-    invocations ("2", or "1 or 2" when they changed); None when nothing is recorded."""
-    path = os.path.join(out_dir, "study.json")
+    """'jobs' and 'threads' of the runner invocations that trained something, read from
+    out_dir/study.log ("2", or "1 or 2" when they changed); None when it has none."""
     try:
-        with open(path) as f:
-            run_with = json.load(f).get("run_with") or []
-    except (OSError, ValueError):
+        with open(os.path.join(out_dir, "study.log")) as f:
+            found = [m.groups() for m in map(_INVOCATION.search, f) if m]
+    except OSError:
         return None
-    if not run_with:
+    ran = [(int(jobs), int(threads)) for todo, jobs, threads in found if int(todo) > 0]
+    if not ran:
         return None
-    return {k: " or ".join(str(v) for v in sorted({w[k] for w in run_with if k in w}))
-            for k in ("jobs", "threads")}
+    return {"jobs": " or ".join(str(j) for j in sorted({j for j, _ in ran})),
+            "threads": " or ".join(str(t) for t in sorted({t for _, t in ran}))}
 
 
 def _metrics_text(job: Job) -> str:

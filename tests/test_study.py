@@ -253,8 +253,8 @@ def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:
         for i, lr in ((10, 0.01), (20, 0.02), (30, 0.002), (40, 0.0019), (50, 0.0002))))
     assert lr_drops(read_logs(runs)) == [30, 50]  # warmup's rise and a slow decay are not steps
     out = str(tmp_path / "dyn.png")
-    assert plot_dynamics({"dla": runs}, out) == out and os.path.getsize(out) > 0
-    assert plot_dynamics({"none": [str(tmp_path / "missing")]}, out + "2") is None
+    assert plot_dynamics({"dla": read_logs(runs)}, out) == out and os.path.getsize(out) > 0
+    assert plot_dynamics({"none": read_logs([str(tmp_path / "missing")])}, out + "2") is None
 
 
 def test_label_noise_control_is_its_own_study(tmp_path, capsys) -> None:

@@ -53,15 +53,14 @@ def lr_drops(logs: Sequence[Log]) -> List[int]:
     return []
 
 
-def plot_dynamics(runs_by_arm: Dict[str, Sequence[str]], out: str) -> Optional[str]:
-    """One figure, four panels (PANELS), one line per arm (mean over its run directories);
-    returns `out`, or None when no run has a log."""
+def plot_dynamics(logs: Dict[str, Sequence[Log]], out: str) -> Optional[str]:
+    """One figure, four panels (PANELS), one line per arm (mean over its runs' logs, as
+    read_logs gives them); returns `out`, or None when no run has a log."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    logs = {arm: read_logs(dirs) for arm, dirs in runs_by_arm.items()}
     curves: Dict[str, Dict[str, Any]] = {}
     for arm, arm_logs in logs.items():
         got = {key: mean_curves(arm_logs, key) for key, _ in PANELS}
@@ -77,7 +76,7 @@ def plot_dynamics(runs_by_arm: Dict[str, Sequence[str]], out: str) -> Optional[s
         for arm, got in curves.items():
             if got[key] is not None:
                 its, values = got[key]
-                ax.plot(its, values, label=f"{arm} (n={len(runs_by_arm[arm])})", lw=1.2)
+                ax.plot(its, values, label=f"{arm} (n={len(logs[arm])})", lw=1.2)
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)

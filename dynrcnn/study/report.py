@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.logger import read_jsonl
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
-from dynrcnn.study.figures import plot_dynamics
+from dynrcnn.study.figures import plot_dynamics, read_logs
 from dynrcnn.study.layout import final_metrics_path
 from dynrcnn.study.stats import paired_difference, summarize
 
@@ -43,12 +43,15 @@ def _window_mean(rows: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def load_result(arm: str, seed: int, run_dir: str, iterations: int) -> RunResult:
-    """RunResult of a finished run directory (its final metrics and log.jsonl)."""
+def load_result(arm: str, seed: int, run_dir: str, iterations: int,
+                rows: Optional[Sequence[Dict[str, Any]]] = None) -> RunResult:
+    """RunResult of a finished run directory (its final metrics and log.jsonl; `rows`: that
+    log's records when the caller has read them already)."""
     with open(final_metrics_path(run_dir, iterations)) as f:
         data = json.load(f)
     bbox = data.get("bbox", data)
-    rows = read_jsonl(os.path.join(run_dir, "log.jsonl"))
+    if rows is None:
+        rows = read_jsonl(os.path.join(run_dir, "log.jsonl"))
     cut = max(1, round(EARLY_FRACTION * iterations))
     early = [r for r in rows if r["iteration"] <= cut] or rows[:1]
     late = [r for r in rows if r["iteration"] > iterations - cut] or rows[-1:]
@@ -333,11 +336,12 @@ def archive_runs(jobs: Sequence[Any], out_dir: str, dest: str) -> List[str]:
 def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str) -> str:
     """write_report over the finished ones of `jobs` (runner.Job)."""
     finished = [j for j in jobs if j.finished()]
-    results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations)
-               for j in finished]
-    runs_by_arm: Dict[str, List[str]] = {}
-    for job in finished:
-        runs_by_arm.setdefault(job.arm.name, []).append(job.run_dir)
-    dynamics = plot_dynamics(runs_by_arm, os.path.splitext(path)[0] + "_dynamics.png")
+    logs = read_logs([j.run_dir for j in finished])  # once, for the tables and the figure
+    results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations, rows)
+               for j, rows in zip(finished, logs)]
+    logs_by_arm: Dict[str, List[Any]] = {}
+    for job, rows in zip(finished, logs):
+        logs_by_arm.setdefault(job.arm.name, []).append(rows)
+    dynamics = plot_dynamics(logs_by_arm, os.path.splitext(path)[0] + "_dynamics.png")
     return write_report(results, path, spec, command, planned=len(jobs),
                         dynamics_plot=dynamics)

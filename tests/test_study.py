@@ -18,7 +18,7 @@ from dynrcnn.study import ARMS, BASELINE, CORE, TABLES, StudySpec, plan, select_
 from dynrcnn.study.arms import KBETA, KI, scaled_k, seeds_for
 from dynrcnn.study.curve import curve_report
 from dynrcnn.study.report import RunResult, paired_table, table1_direction, write_report
-from dynrcnn.study.runner import StudyLock
+from dynrcnn.study.runner import StudyLock, recorded_run_settings
 from dynrcnn.study.stats import (
     paired_difference,
     pick_schedule,
@@ -232,6 +232,17 @@ def test_a_failing_run_is_logged_and_the_others_still_run(tmp_path, monkeypatch)
         log = f.read()
     assert "FAILED baseline seed 0 (exit 3)" in log and "0/4 finished, 4 failed" in log
     assert not os.path.exists(tmp_path / "study.lock")
+    # the report reads back how the runs ran from the runner's own line in study.log
+    spec = runner.spec
+    assert recorded_run_settings(str(tmp_path)) == {"jobs": str(spec.jobs),
+                                                    "threads": str(spec.threads)}
+    with open(tmp_path / "study.log", "a") as f:  # a later invocation with other settings
+        f.write("study in x: 4 runs, 0 finished earlier, 4 to run (2 at a time, 3 thread(s) "
+                "each)\nstudy in x: 4 runs, 4 finished earlier, 0 to run (5 at a time, "
+                "9 thread(s) each)\n")
+    assert recorded_run_settings(str(tmp_path)) == {
+        "jobs": " or ".join(sorted({str(spec.jobs), "2"})),
+        "threads": " or ".join(sorted({str(spec.threads), "3"}))}
 
 
 def test_dynamics_curves_average_the_seeds_per_iteration(tmp_path) -> None:

@@ -256,9 +256,10 @@ class Runner:
     def _run_all(self) -> None:
         todo = [j for j in self.jobs if not j.finished()]
         total = len(self.jobs)
+        settings = _INVOCATION_FORMAT.format(todo=len(todo), jobs=self.spec.jobs,
+                                             threads=self.spec.threads)
         self.log(f"study in {self.spec.out_dir}: {total} runs, {total - len(todo)} finished "
-                 f"earlier, {len(todo)} to run ({self.spec.jobs} at a time, "
-                 f"{self.spec.threads} thread(s) each)")
+                 f"earlier, {settings}")
         pending = list(todo)
         starts: Dict[str, float] = {}
         done_times: List[float] = []
@@ -297,8 +298,11 @@ class Runner:
         return f", about {per_job * left / self.spec.jobs / 60:.0f} min left"
 
 
-# the runner's first line of each invocation in study.log (see Runner._run_all)
-_INVOCATION = re.compile(r"(\d+) to run \((\d+) at a time, (\d+) thread\(s\) each\)")
+# The runner's first line of each invocation in study.log ends with this; the report parses
+# it back, so the line and its parser share one format and cannot drift apart.
+_INVOCATION_FORMAT = "{todo} to run ({jobs} at a time, {threads} thread(s) each)"
+_INVOCATION = re.compile(re.escape(_INVOCATION_FORMAT).replace(r"\{", "{").replace(r"\}", "}")
+                         .format(todo=r"(\d+)", jobs=r"(\d+)", threads=r"(\d+)"))
 
 
 def recorded_run_settings(out_dir: str) -> Optional[Dict[str, str]]:

@@ -141,3 +141,29 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, data_dir, capsys, comma
         args += ["--iterations", "1", *TINY]
     assert main(args) == 2
     one_line_error(capsys, "--device cuda", "CUDA is not available")
+
+
+def test_weights_that_do_not_fit_the_model_are_named(tmp_path, data_dir, capsys):
+    """A bare state_dict of another class count or architecture: one line naming --weights,
+    the first tensor or keys that differ, and the flags that may be wrong."""
+    import os
+
+    import torch
+
+    from dynrcnn.modeling import build_detector
+
+    bare = tmp_path / "dynamic6.pth"
+    torch.save(build_detector("dynamic_rcnn", backbone="tiny_fpn", num_classes=6,
+                              min_size=64, max_size=64).state_dict(), bare)
+    image = os.path.join(data_dir, "val", sorted(os.listdir(os.path.join(data_dir, "val")))[0])
+    predict = ["predict", "--weights", str(bare), "--backbone", "tiny_fpn", "--image", image,
+               "--score-thresh", "0.0", "--out", str(tmp_path / "p.png")]
+    assert main([*predict, "--num-classes", "3"]) == 2
+    one_line_error(capsys, f"--weights {bare} does not fit the model",
+                   "roi_heads.box_predictor.cls_score.weight is [6, ", "--num-classes")
+    assert main([*predict, "--num-classes", "6", "--arch", "cascade_rcnn"]) == 2
+    one_line_error(capsys, f"--weights {bare} does not fit the model", "missing keys",
+                   "unexpected keys ['roi_heads.box_head")
+    # DynamicState buffers are exempt: a Dynamic R-CNN's weights load into a Faster R-CNN
+    assert main([*predict, "--num-classes", "6", "--arch", "faster_rcnn"]) == 0
+    assert "dynrcnn: error" not in capsys.readouterr().err

@@ -133,27 +133,15 @@ def _state_of(obj: Any) -> Dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
-    """Load a detector state_dict strictly, except for DynamicState buffers (a Faster
-    R-CNN's weights load into a Dynamic R-CNN and back; DynamicState itself drops a
-    history of another length, with a warning)."""
-    own = model.state_dict()
-    wrong = [k for k in state if k in own and own[k].shape != state[k].shape
-             and ".dynamic_state." not in f".{k}"]
-    if wrong:
-        raise UsageError(f"--weights {path} does not fit the model: {wrong[0]} is "
-                         f"{list(state[wrong[0]].shape)} in the file, "
-                         f"{list(own[wrong[0]].shape)} in the model (another --num-classes, "
-                         "--arch or --backbone?)")
-    result = model.load_state_dict(state, strict=False)
+    """Load a detector state_dict strictly, except for DynamicState buffers (the rule is
+    modeling's `weights_mismatch`); a mismatch is a UsageError naming --weights."""
+    from dynrcnn.modeling.builder import weights_mismatch
 
-    def foreign(keys: List[str]) -> List[str]:
-        return [k for k in keys if ".dynamic_state." not in f".{k}"]
-
-    missing, unexpected = foreign(result.missing_keys), foreign(result.unexpected_keys)
-    if missing or unexpected:
-        raise UsageError(f"--weights {path} does not fit the model (another --arch or "
-                         f"--backbone?): missing keys {missing[:3]}, unexpected keys "
-                         f"{unexpected[:3]}")
+    why = weights_mismatch(model, state)
+    if why is not None:
+        raise UsageError(f"--weights {path} does not fit the model: {why} (another "
+                         "--num-classes, --arch or --backbone?)")
+    model.load_state_dict(state, strict=False)
 
 
 # --------------------------------------------------------------------------- models

@@ -8,7 +8,7 @@ box_*, ...) passes through **kwargs, so a comparison changes exactly one thing.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
@@ -73,25 +73,41 @@ def _use_predictor_classes(kwargs: Dict[str, Any], num_classes: Optional[int]) -
     return None if "box_predictor" in kwargs else num_classes
 
 
-def load_detector_weights(model: nn.Module, path: PathLike) -> None:
-    """Load a local detector checkpoint strictly, except for DynamicState buffers.
+def _is_dynamic(key: str) -> bool:
+    return ".dynamic_state." in f".{key}"
 
-    A Faster R-CNN checkpoint loads into a Dynamic R-CNN (T and beta keep their initial
-    values) and a Dynamic R-CNN one into a Faster R-CNN (T and beta are dropped); any other
-    missing or unexpected key is an error.
+
+def weights_mismatch(model: nn.Module, state: Mapping[str, Any]) -> Optional[str]:
+    """Why `state` does not load strictly into `model`, or None when it does.
+
+    DynamicState buffers (T, beta and their histories) are exempt: a Faster R-CNN
+    checkpoint loads into a Dynamic R-CNN (T and beta keep their initial values) and a
+    Dynamic R-CNN one into a Faster R-CNN (T and beta are dropped); DynamicState itself
+    drops a history of another length, with a warning. Any other missing, unexpected or
+    differently shaped tensor is a mismatch.
     """
-    result = model.load_state_dict(read_state_dict(path), strict=False)
-
-    def is_dynamic(key: str) -> bool:
-        return ".dynamic_state." in f".{key}"
-
-    missing = [k for k in result.missing_keys if not is_dynamic(k)]
-    unexpected = [k for k in result.unexpected_keys if not is_dynamic(k)]
+    own = model.state_dict()
+    reshaped = [k for k in state if k in own and not _is_dynamic(k)
+                and tuple(own[k].shape) != tuple(state[k].shape)]
+    if reshaped:
+        key = reshaped[0]
+        return (f"{key} is {list(state[key].shape)} in the file, {list(own[key].shape)} in "
+                "the model")
+    missing = [k for k in own if k not in state and not _is_dynamic(k)]
+    unexpected = [k for k in state if k not in own and not _is_dynamic(k)]
     if missing or unexpected:
-        raise RuntimeError(
-            f"weights file {str(path)!r} does not fit the model: missing keys {missing[:10]}, "
-            f"unexpected keys {unexpected[:10]}"
-        )
+        return f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
+    return None
+
+
+def load_detector_weights(model: nn.Module, path: PathLike) -> None:
+    """Load a local detector checkpoint strictly, except for DynamicState buffers (see
+    `weights_mismatch`)."""
+    state = read_state_dict(path)
+    why = weights_mismatch(model, state)
+    if why is not None:
+        raise RuntimeError(f"weights file {str(path)!r} does not fit the model: {why}")
+    model.load_state_dict(state, strict=False)
 
 
 def build_detector(

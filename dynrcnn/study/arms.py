@@ -40,8 +40,8 @@ class Arm:
     fields over the study's defaults; model: detector kwargs over COMMON_MODEL; schedule:
     a multiple of the study's iterations (the schedule-length controls); interval_factor:
     a multiple of the study's C (the C controls). reference: the arm it is paired with in
-    the report (the baseline, or the baseline at the same schedule); variant_of: for a
-    control, the arm it changes one thing of, so that the report also pairs the two.
+    the report (the baseline, or the baseline at the same schedule); variant_of: the arm a
+    control or a Table 4 arm changes one thing of, so that the report also pairs the two.
     """
 
     name: str
@@ -95,7 +95,8 @@ def _arms() -> Tuple[Arm, ...]:
         # KI = 75 is the `dla` arm itself (training is deterministic: a copy would only
         # repeat its runs bit for bit)
         *(Arm(f"dla_ki{k}", "Table 4", f"DLA only, KI = {k} of 1000 -> {scaled_k(k)} of "
-              f"{PROPOSALS}", dynamic={"update_beta": False, "k_iou": scaled_k(k)})
+              f"{PROPOSALS}", dynamic={"update_beta": False, "k_iou": scaled_k(k)},
+              variant_of="dla")
           for k in (64, 100)),
         # Table 5: fixed SmoothL1 beta at T = 0.5 (1.0 is the baseline)
         Arm("beta20", "Table 5", "fixed beta = 2.0 (T = 0.5)", dynamic=fixed(0.5, 2.0)),

@@ -275,9 +275,10 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     variants = paired_table(results, [(a, ARMS[a].variant_of) for a in arms
                                       if ARMS[a].variant_of])
     if variants:
-        lines += ["## Controls against the arm they change (95% CI)", "",
-                  "Each control against the arm it changes one thing of, at the same seed: "
-                  "does the change move it?", "", variants]
+        lines += ["## Against the arm they change (95% CI)", "",
+                  "Each control (and each Table 4 arm: KI of DLA only) against the arm it "
+                  "changes one thing of, at the same seed: does the change move it?", "",
+                  variants]
     diag = diagnostics_table(results, arms)
     if diag:
         lines += ["## Figure-1 diagnostics", "",

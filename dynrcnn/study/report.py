@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from dynrcnn.engine.checkpoint import atomic_write_text
-from dynrcnn.engine.logger import read_jsonl
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
 from dynrcnn.study.figures import plot_dynamics, read_logs
 from dynrcnn.study.layout import final_metrics_path
@@ -44,14 +43,12 @@ def _window_mean(rows: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
 
 
 def load_result(arm: str, seed: int, run_dir: str, iterations: int,
-                rows: Optional[Sequence[Dict[str, Any]]] = None) -> RunResult:
-    """RunResult of a finished run directory (its final metrics and log.jsonl; `rows`: that
-    log's records when the caller has read them already)."""
+                rows: Sequence[Dict[str, Any]]) -> RunResult:
+    """RunResult of a finished run directory: its final metrics, and `rows`, its
+    log.jsonl records (read once by the caller, which also plots them)."""
     with open(final_metrics_path(run_dir, iterations)) as f:
         data = json.load(f)
     bbox = data.get("bbox", data)
-    if rows is None:
-        rows = read_jsonl(os.path.join(run_dir, "log.jsonl"))
     cut = max(1, round(EARLY_FRACTION * iterations))
     early = [r for r in rows if r["iteration"] <= cut] or rows[:1]
     late = [r for r in rows if r["iteration"] > iterations - cut] or rows[-1:]

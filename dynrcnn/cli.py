@@ -1,4 +1,4 @@
-"""The `dynrcnn` command: train, eval, predict, plot, compare, make-synthetic, demo.
+"""The `dynrcnn` command: train, eval, predict, export, plot, compare, make-synthetic, demo.
 
 Every TrainConfig / EvalConfig field is a flag (`dynrcnn train --help`). `--config FILE`
 starts from a saved config.json; a flag given on the command line always wins over the
@@ -12,7 +12,6 @@ traceback. This module only parses and dispatches: the work is in dynrcnn.engine
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Dict, Optional, Sequence, Tuple, Type
@@ -109,23 +108,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _class_names(ann: str, num_classes: int) -> Dict[int, str]:
-    """Label -> category name from a COCO annotation file (labels are the sorted category
-    ids numbered from 1, as dynrcnn.data.CocoDetection assigns them); its class count must
-    be the model's."""
-    from dynrcnn.engine import UsageError
+    """Label -> category name from a COCO annotation file with the model's class count."""
+    from dynrcnn.engine.builders import categories_from_ann
 
-    try:
-        with open(ann) as f:
-            cats = json.load(f).get("categories", [])
-        cats = sorted(cats, key=lambda c: c["id"])
-    except FileNotFoundError:
-        raise UsageError(f"--ann {ann}: no such file") from None
-    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise UsageError(f"--ann {ann} is not a COCO annotation file ({exc})") from None
-    if len(cats) != num_classes - 1:
-        raise UsageError(f"--ann {ann} has {len(cats)} categories, the model has "
-                         f"{num_classes - 1} classes (background aside)")
-    return {i + 1: str(c.get("name", c["id"])) for i, c in enumerate(cats)}
+    return {i + 1: c["name"] for i, c in enumerate(categories_from_ann(ann, num_classes))}
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -144,6 +130,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     _print(compare_runs(args.run_dirs, args.out, args.names))
     _print(f"table and plot written to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dynrcnn.engine.export import ExportConfig, export_model
+
+    _print(export_model(ExportConfig(
+        weights=args.weights, out=args.out, format=args.format, arch=args.arch,
+        backbone=args.backbone, num_classes=args.num_classes, min_size=args.min_size,
+        max_size=args.max_size, ann=args.ann)))
     return 0
 
 
@@ -234,6 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="folder for compare.md and "
                    "ap_vs_iou.png (default: runs/compare)")
 
+    from dynrcnn.engine.export import EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="a trained detector as a file plain torchvision "
+                       "loads: its constructor + state_dict, or TorchScript",
+                       description="Export a checkpoint for use without dynrcnn.")
+    p.add_argument("--weights", required=True, help="checkpoint (model_*.pth) or state_dict")
+    p.add_argument("--format", default="torchvision", choices=EXPORT_FORMATS,
+                   help="torchvision: {constructor, kwargs, state_dict, categories} for "
+                   "torchvision.models.detection; torchscript: torch.jit.save of the "
+                   "scripted detector (default: torchvision)")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--ann", help="COCO annotation file naming the classes of a bare "
+                   "state_dict (default: the names stored in the checkpoint)")
+    p.add_argument("--arch", choices=archs, help="for a bare state_dict (default: "
+                   "dynamic_rcnn)")
+    p.add_argument("--backbone", choices=backbones, help="for a bare state_dict "
+                   "(default: resnet50_fpn)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="for a bare state_dict (background included)")
+    p.add_argument("--min-size", type=int, default=None, help="test-time short side "
+                   "(default: the checkpoint's; 800 for a bare state_dict)")
+    p.add_argument("--max-size", type=int, default=None, help="test-time long side "
+                   "(default: the checkpoint's; 1333 for a bare state_dict)")
+
     sub.add_parser("make-synthetic", add_help=False,
                    help="write a synthetic COCO-format data set (see make-synthetic --help)")
 
@@ -265,7 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "make-synthetic":  # its own argparse, help included
         return cmd_make_synthetic(argv[1:])
     handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-                "plot": cmd_plot, "compare": cmd_compare, "demo": cmd_demo}
+                "plot": cmd_plot, "compare": cmd_compare, "demo": cmd_demo,
+                "export": cmd_export}
     try:
         args = build_parser().parse_args(argv)
         return handlers[args.command](args)

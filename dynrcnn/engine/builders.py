@@ -7,6 +7,7 @@ classes differ from the model's) raise UsageError naming the flag and the file."
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -100,6 +101,24 @@ def check_categories(dataset: Any, num_classes: int,
                          f"in --weights {weights} has {num_classes - 1} (background aside)")
 
 
+def categories_from_ann(ann: str, num_classes: int) -> List[Dict[str, Any]]:
+    """[{id, name}] by label from a COCO annotation file (labels are the sorted category ids
+    numbered from 1, as dynrcnn.data.CocoDetection assigns them); UsageError naming --ann
+    unless it has the model's class count."""
+    try:
+        with open(ann) as f:
+            cats = sorted(json.load(f).get("categories", []), key=lambda c: c["id"])
+        result = [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in cats]
+    except FileNotFoundError:
+        raise UsageError(f"--ann {ann}: no such file") from None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise UsageError(f"--ann {ann} is not a COCO annotation file ({exc})") from None
+    if len(result) != num_classes - 1:
+        raise UsageError(f"--ann {ann} has {len(result)} categories, the model has "
+                         f"{num_classes - 1} classes (background aside)")
+    return result
+
+
 def _ids(ids: Any) -> str:
     ids = [int(i) for i in ids]
     return str(ids) if len(ids) <= 12 else f"[{', '.join(map(str, ids[:12]))}, ...]"
@@ -135,13 +154,13 @@ def _state_of(obj: Any) -> Dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
     """Load a detector state_dict strictly, except for DynamicState buffers (the rule is
     modeling's `weights_mismatch`); a mismatch is a UsageError naming --weights."""
-    from dynrcnn.modeling.builder import weights_mismatch
+    from dynrcnn.modeling.weights import load_state_loosely, weights_mismatch
 
     why = weights_mismatch(model, state)
     if why is not None:
         raise UsageError(f"--weights {path} does not fit the model: {why} (another "
                          "--num-classes, --arch or --backbone?)")
-    model.load_state_dict(state, strict=False)
+    load_state_loosely(model, state)
 
 
 # --------------------------------------------------------------------------- models
@@ -155,17 +174,42 @@ def _model_kwargs(config: TrainConfig | EvalConfig) -> Dict[str, Any]:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The detector of a training config (weights / backbone_weights loaded if set).
-    Weights of a Dynamic R-CNN trained with another interval load without its history."""
+    """The detector of a training config (weights / init_weights / backbone_weights loaded
+    if set). Weights of a Dynamic R-CNN trained with another interval load without its
+    history. With init_weights, the main process prints one line saying what loaded and
+    what was re-initialized."""
     from dynrcnn.modeling import build_detector
 
     dynamic = config.dynamic if config.arch in DYNAMIC_ARCHS else None
     if config.weights:
         read_weights_file(config.weights)  # a file that is no checkpoint: one clear line
-    return build_detector(
+    # pretrained: a trunk fine-tuned from init_weights is built as build_detector builds it
+    # for init_weights (frozen BN, trainable_backbone_layers); the loading is done here so
+    # that its line and its errors name the flag.
+    model = build_detector(
         config.arch, backbone=config.backbone, num_classes=num_classes,
         weights=config.weights, backbone_weights=config.backbone_weights, dynamic=dynamic,
-        **_model_kwargs(config))
+        pretrained=True if config.init_weights else None, **_model_kwargs(config))
+    if config.init_weights:
+        line = init_fine_tuning(model, config.init_weights)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(line, flush=True)
+    return model
+
+
+def init_fine_tuning(model: nn.Module, path: str) -> str:
+    """Load the fitting tensors of `path` into `model` (modeling.weights's fine-tuning
+    rule); returns the one line saying what loaded and what did not. A file that does not
+    fit beyond a class-count change is a UsageError naming --init-weights and the tensor."""
+    from dynrcnn.modeling.weights import InitWeightsError, load_fitting_weights
+
+    state = _state_of(read_weights_file(path, flag="--init-weights"))
+    try:
+        report = load_fitting_weights(model, state)
+    except InitWeightsError as exc:
+        raise UsageError(f"--init-weights {path} does not fit the model: {exc} (another "
+                         "--arch or --backbone?)") from None
+    return report.summary(path)
 
 
 def is_training_checkpoint(obj: Any) -> bool:

@@ -66,7 +66,8 @@ class TrainConfig:
     arch: the detector
     backbone: the detector's backbone
     num_classes: classes including background (none: the training set's + 1)
-    weights: local detector checkpoint or state_dict to start from (fine-tuning)
+    weights: local detector checkpoint or state_dict of this very model (strict)
+    init_weights: local detector checkpoint to fine-tune from (what fits loads; new classes: new predictor)
     backbone_weights: local file with the backbone's weights (e.g. ImageNet ResNet)
     min_size: images are resized so that their short side is this long
     max_size: ... and their long side at most this long
@@ -112,6 +113,7 @@ class TrainConfig:
     backbone: str = "resnet50_fpn"
     num_classes: Optional[int] = None
     weights: Optional[str] = None
+    init_weights: Optional[str] = None
     backbone_weights: Optional[str] = None
     min_size: int = 800
     max_size: int = 1333
@@ -166,6 +168,9 @@ class TrainConfig:
             raise UsageError(f"--grad-clip must be > 0 (or none), got {self.grad_clip}")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: give one")
+        if self.weights and self.init_weights:
+            raise UsageError("--weights (this very model, strict) and --init-weights "
+                             "(fine-tuning from another) contradict each other: give one")
 
     def data_paths(self) -> Dict[str, Optional[str]]:
         """train/val image folders and annotation files, data_dir filling the gaps."""

@@ -7,9 +7,25 @@ This is the only part of dynrcnn that imports torchvision (`import dynrcnn` does
 from typing import Tuple
 
 from dynrcnn.modeling.backbones import BACKBONES, build_backbone
-from dynrcnn.modeling.builder import ARCHS, build_detector, load_detector_weights
+from dynrcnn.modeling.builder import ARCHS, build_detector
 from dynrcnn.modeling.cascade_roi_heads import AgnosticPredictor, CascadeRoIHeads
 from dynrcnn.modeling.dynamic_roi_heads import DynamicRoIHeads, dynamic_fastrcnn_loss
+from dynrcnn.modeling.torchvision_io import (
+    NoTorchvisionConstructor,
+    TorchvisionConstructor,
+    export_torchvision,
+    make_dynamic,
+    script_detector,
+    to_torchvision,
+    torchvision_constructor,
+)
+from dynrcnn.modeling.weights import (
+    InitReport,
+    InitWeightsError,
+    init_from_file,
+    load_detector_weights,
+    load_fitting_weights,
+)
 
 
 def available_archs() -> Tuple[str, ...]:
@@ -28,10 +44,21 @@ __all__ = [
     "AgnosticPredictor",
     "CascadeRoIHeads",
     "DynamicRoIHeads",
+    "InitReport",
+    "InitWeightsError",
+    "NoTorchvisionConstructor",
+    "TorchvisionConstructor",
     "available_archs",
     "available_backbones",
     "build_backbone",
     "build_detector",
     "dynamic_fastrcnn_loss",
+    "export_torchvision",
+    "init_from_file",
     "load_detector_weights",
+    "load_fitting_weights",
+    "make_dynamic",
+    "script_detector",
+    "to_torchvision",
+    "torchvision_constructor",
 ]

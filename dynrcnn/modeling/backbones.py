@@ -1,8 +1,12 @@
-"""Backbones with FPN for the detectors: ResNet-18/50/101 (the paper uses R-50) and a tiny CNN.
+"""Backbones with FPN for the detectors: ResNet-18/50/101 (the paper uses R-50), torchvision's
+R-50-FPN v2 and MobileNetV3-Large FPN layouts, and a tiny CNN.
 
-Every backbone is a torchvision `BackboneWithFPN` with outputs '0', '1', '2', '3', 'pool'
-(strides 4 to 64), so torchvision's default anchor generator and MultiScaleRoIAlign fit all of
-them and the detectors differ only in their RoI heads.
+Every backbone is a torchvision `BackboneWithFPN`. The ResNets and the tiny CNN output '0',
+'1', '2', '3', 'pool' (strides 4 to 64), so torchvision's default anchor generator and
+MultiScaleRoIAlign fit them; mobilenet_v3_large_fpn outputs '0', '1', 'pool' (strides 16,
+32, 64) as in torchvision. A spec's `layout` gives the detector modules torchvision builds
+around a backbone (resnet50_fpn_v2, mobilenet_v3_large_fpn: see layouts.py), and
+`torchvision` the stock constructors with exactly this layout (for import and export).
 
 Weights are never downloaded. `weights` is the path of a LOCAL file (torch.load with
 weights_only=True) holding either a classification checkpoint of the trunk (torchvision's
@@ -15,13 +19,19 @@ import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models import mobilenet, resnet
+from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+)
 from torchvision.ops import misc as misc_nn_ops
+
+from dynrcnn.modeling.layouts import mobilenet_v3_large_fpn_modules, resnet50_fpn_v2_modules
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,6 +52,8 @@ class BackboneSpec:
     representation_size: int = 1024
     mask_layers: Tuple[int, ...] = (256, 256, 256, 256)
     mask_dim_reduced: int = 256
+    layout: Optional[Callable[..., Dict[str, Any]]] = None
+    torchvision: Tuple[Optional[str], Optional[str]] = (None, None)
 
 
 def read_state_dict(path: PathLike) -> Dict[str, Tensor]:
@@ -72,36 +84,54 @@ def _load_backbone_file(trunk: nn.Module, path: PathLike) -> Optional[Dict[str, 
     return None
 
 
-def _trainable_layers(is_trained: bool, requested: Optional[int]) -> int:
-    """torchvision's rule: train everything from scratch; from pretrained weights freeze the
-    stem and layer1 by default (3 trainable stages)."""
+def _trainable_layers(is_trained: bool, requested: Optional[int], stages: int = 5) -> int:
+    """torchvision's rule: train everything from scratch; from pretrained weights train the
+    last 3 of the trunk's `stages` (ResNets 5, MobileNetV3 6) by default."""
     if not is_trained:
-        if requested not in (None, 5):
+        if requested not in (None, stages):
             warnings.warn(
                 f"trainable_backbone_layers={requested} has no effect without weights: a "
                 "randomly initialised backbone is trained entirely", stacklevel=4)
-        return 5
+        return stages
     value = 3 if requested is None else requested
-    if not 0 <= value <= 5:
-        raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {value}")
+    if not 0 <= value <= stages:
+        raise ValueError(f"trainable_backbone_layers must be in [0, {stages}], got {value}")
     return value
 
 
-def _resnet_fpn(depth: str) -> Callable[[Optional[PathLike], Optional[int], bool],
-                                         BackboneWithFPN]:
+def _resnet_fpn(depth: str, fpn_norm: Optional[Callable[..., nn.Module]] = None
+                ) -> Callable[[Optional[PathLike], Optional[int], bool], BackboneWithFPN]:
     def build(weights: Optional[PathLike], trainable_layers: Optional[int],
               is_trained: bool) -> BackboneWithFPN:
         # As torchvision's fasterrcnn_resnet50_fpn: frozen BN for pretrained trunks, plain BN
-        # (trained) from scratch.
+        # (trained) from scratch. torchvision's v2 keeps plain BN in a pretrained trunk too;
+        # here any pretrained trunk freezes its BN (small fine-tuning batches), which
+        # changes no parameter name: v2 checkpoints load either way.
         norm = misc_nn_ops.FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
         trunk = resnet.__dict__[depth](weights=None, norm_layer=norm)
         late = _load_backbone_file(trunk, weights) if weights is not None else None
-        backbone = _resnet_fpn_extractor(trunk, _trainable_layers(is_trained, trainable_layers))
+        backbone = _resnet_fpn_extractor(trunk, _trainable_layers(is_trained, trainable_layers),
+                                         norm_layer=fpn_norm)
         if late is not None:
             backbone.load_state_dict(late)
         return backbone
 
     return build
+
+
+def _mobilenet_v3_large_fpn(weights: Optional[PathLike], trainable_layers: Optional[int],
+                            is_trained: bool) -> BackboneWithFPN:
+    """torchvision's fasterrcnn_mobilenet_v3_large_fpn backbone: the last two stages of
+    MobileNetV3-Large into an FPN (outputs '0', '1', 'pool'); a classification checkpoint
+    (features.*, classifier.*) loads into the trunk."""
+    norm = misc_nn_ops.FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+    trunk = mobilenet.mobilenet_v3_large(weights=None, norm_layer=norm)
+    late = _load_backbone_file(trunk, weights) if weights is not None else None
+    backbone = _mobilenet_extractor(trunk, True,
+                                    _trainable_layers(is_trained, trainable_layers, stages=6))
+    if late is not None:
+        backbone.load_state_dict(late)
+    return backbone
 
 
 class TinyTrunk(nn.Sequential):
@@ -151,7 +181,17 @@ def _tiny_fpn(weights: Optional[PathLike], trainable_layers: Optional[int],
 
 
 BACKBONE_SPECS: Dict[str, BackboneSpec] = {
-    "resnet50_fpn": BackboneSpec("resnet50_fpn", _resnet_fpn("resnet50")),
+    "resnet50_fpn": BackboneSpec(
+        "resnet50_fpn", _resnet_fpn("resnet50"),
+        torchvision=("fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn")),
+    "resnet50_fpn_v2": BackboneSpec(
+        "resnet50_fpn_v2", _resnet_fpn("resnet50", fpn_norm=nn.BatchNorm2d),
+        layout=resnet50_fpn_v2_modules,
+        torchvision=("fasterrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn_v2")),
+    "mobilenet_v3_large_fpn": BackboneSpec(
+        "mobilenet_v3_large_fpn", _mobilenet_v3_large_fpn,
+        layout=mobilenet_v3_large_fpn_modules,
+        torchvision=("fasterrcnn_mobilenet_v3_large_fpn", None)),
     "resnet101_fpn": BackboneSpec("resnet101_fpn", _resnet_fpn("resnet101")),
     "resnet18_fpn": BackboneSpec("resnet18_fpn", _resnet_fpn("resnet18")),
     "tiny_fpn": BackboneSpec("tiny_fpn", _tiny_fpn, representation_size=256,

@@ -8,23 +8,20 @@ box_*, ...) passes through **kwargs, so a comparison changes exactly one thing.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+import logging
+from typing import Any, Dict, Optional, Tuple
 
-from torch import nn
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 
 from dynrcnn.dynamic import DynamicConfig
-from dynrcnn.modeling.backbones import (
-    BackboneSpec,
-    PathLike,
-    backbone_spec,
-    build_backbone,
-    read_state_dict,
-)
+from dynrcnn.modeling.backbones import BackboneSpec, PathLike, backbone_spec, build_backbone
 from dynrcnn.modeling.cascade_roi_heads import CascadeRoIHeads
 from dynrcnn.modeling.dynamic_roi_heads import DynamicRoIHeads
+from dynrcnn.modeling.weights import init_from_file, load_detector_weights
+
+_LOG = logging.getLogger("dynrcnn.modeling")
 
 ARCHS: Tuple[str, ...] = (
     "faster_rcnn", "dynamic_rcnn", "cascade_rcnn", "mask_rcnn", "dynamic_mask_rcnn")
@@ -63,6 +60,18 @@ def _default_heads(arch: str, spec: BackboneSpec, out_channels: int, num_classes
                                                      spec.mask_dim_reduced, num_classes)
 
 
+def _layout_defaults(arch: str, spec: BackboneSpec, out_channels: int,
+                     kwargs: Dict[str, Any]) -> None:
+    """The modules torchvision builds around this backbone (layouts.py), where the caller
+    gave none; the cascade keeps its own box heads."""
+    if spec.layout is None:
+        return
+    modules = spec.layout(out_channels, arch in MASK_ARCHS, box_heads=arch != "cascade_rcnn",
+                          roi_resolution=_roi_resolution(kwargs))
+    for name, module in modules.items():
+        kwargs.setdefault(name, module)
+
+
 def _roi_resolution(kwargs: Dict[str, Any]) -> int:
     pool = kwargs.get("box_roi_pool")
     return 7 if pool is None else int(pool.output_size[0])
@@ -73,43 +82,6 @@ def _use_predictor_classes(kwargs: Dict[str, Any], num_classes: Optional[int]) -
     return None if "box_predictor" in kwargs else num_classes
 
 
-def _is_dynamic(key: str) -> bool:
-    return ".dynamic_state." in f".{key}"
-
-
-def weights_mismatch(model: nn.Module, state: Mapping[str, Any]) -> Optional[str]:
-    """Why `state` does not load strictly into `model`, or None when it does.
-
-    DynamicState buffers (T, beta and their histories) are exempt: a Faster R-CNN
-    checkpoint loads into a Dynamic R-CNN (T and beta keep their initial values) and a
-    Dynamic R-CNN one into a Faster R-CNN (T and beta are dropped); DynamicState itself
-    drops a history of another length, with a warning. Any other missing, unexpected or
-    differently shaped tensor is a mismatch.
-    """
-    own = model.state_dict()
-    reshaped = [k for k in state if k in own and not _is_dynamic(k)
-                and tuple(own[k].shape) != tuple(state[k].shape)]
-    if reshaped:
-        key = reshaped[0]
-        return (f"{key} is {list(state[key].shape)} in the file, {list(own[key].shape)} in "
-                "the model")
-    missing = [k for k in own if k not in state and not _is_dynamic(k)]
-    unexpected = [k for k in state if k not in own and not _is_dynamic(k)]
-    if missing or unexpected:
-        return f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
-    return None
-
-
-def load_detector_weights(model: nn.Module, path: PathLike) -> None:
-    """Load a local detector checkpoint strictly, except for DynamicState buffers (see
-    `weights_mismatch`)."""
-    state = read_state_dict(path)
-    why = weights_mismatch(model, state)
-    if why is not None:
-        raise RuntimeError(f"weights file {str(path)!r} does not fit the model: {why}")
-    model.load_state_dict(state, strict=False)
-
-
 def build_detector(
     arch: str,
     backbone: str = "resnet50_fpn",
@@ -117,6 +89,8 @@ def build_detector(
     weights: Optional[PathLike] = None,
     backbone_weights: Optional[PathLike] = None,
     dynamic: Optional[DynamicConfig] = None,
+    init_weights: Optional[PathLike] = None,
+    pretrained: Optional[bool] = None,
     **kwargs: Any,
 ) -> GeneralizedRCNN:
     """Build one of ARCHS on one of BACKBONES; never downloads anything.
@@ -124,7 +98,9 @@ def build_detector(
     Args:
         arch: faster_rcnn (torchvision's: T=0.5, SmoothL1 beta 1/9), dynamic_rcnn,
             cascade_rcnn, mask_rcnn, dynamic_mask_rcnn.
-        backbone: resnet50_fpn (the paper's), resnet101_fpn, resnet18_fpn, tiny_fpn (CPU demos).
+        backbone: resnet50_fpn (the paper's), resnet50_fpn_v2 and mobilenet_v3_large_fpn
+            (torchvision's layouts of those names, heads and anchors included),
+            resnet101_fpn, resnet18_fpn, tiny_fpn (CPU demos).
         num_classes: including background.
         weights: local file with the whole detector's state_dict (or {'model': ...}). As in
             torchvision, any weights (these or backbone_weights) make a ResNet trunk use
@@ -134,6 +110,14 @@ def build_detector(
         backbone_weights: local file with the trunk's classification weights (torchvision's
             ImageNet ResNet files) or a backbone state_dict (body.*, fpn.*).
         dynamic: DynamicConfig of the dynamic variants (default: the paper's).
+        init_weights: local detector checkpoint to fine-tune from, e.g. a torchvision
+            model's saved state_dict with other classes: what fits by name and shape loads,
+            the class-dependent predictor layers re-initialize, anything else that does not
+            fit is an error (see modeling.weights); one line saying what was not loaded is
+            logged as a warning. Like `weights`, it makes ResNet trunks pretrained.
+        pretrained: build the trunk for fine-tuning (FrozenBatchNorm2d, the last
+            trainable_backbone_layers stages trained) or from scratch (BatchNorm2d, all
+            trained); default: whether any weights file above is given.
         **kwargs: torchvision FasterRCNN / MaskRCNN arguments (min_size, max_size, rpn_*,
             box_*, ...), trainable_backbone_layers, and for cascade_rcnn cascade_iou_thresholds,
             cascade_stage_loss_weights, cascade_bbox_reg_weights, cascade_box_loss_beta.
@@ -153,12 +137,18 @@ def build_detector(
     if given:
         raise ValueError(f"{arch} does not use {given}")
 
+    if weights is not None and init_weights is not None:
+        raise ValueError("give weights (strict: the same model) or init_weights "
+                         "(fine-tuning), not both")
     spec = backbone_spec(backbone)
+    if pretrained is None:
+        pretrained = any(w is not None for w in (weights, backbone_weights, init_weights))
     body = build_backbone(backbone, backbone_weights,
                           trainable_layers=kwargs.pop("trainable_backbone_layers", None),
-                          pretrained=weights is not None or backbone_weights is not None)
+                          pretrained=pretrained)
     if arch in DYNAMIC_ARCHS:
         kwargs.setdefault("rpn_nms_thresh", DYNAMIC_RPN_NMS_THRESH)
+    _layout_defaults(arch, spec, body.out_channels, kwargs)
     _default_heads(arch, spec, body.out_channels, num_classes, kwargs)
     model_cls = MaskRCNN if arch in MASK_ARCHS else FasterRCNN
     model = model_cls(body, _use_predictor_classes(kwargs, num_classes), **kwargs)
@@ -183,4 +173,8 @@ def build_detector(
         )
     if weights is not None:
         load_detector_weights(model, weights)
+    if init_weights is not None:
+        report = init_from_file(model, init_weights)
+        if report.reinitialized or report.fresh or report.skipped:
+            _LOG.warning(report.summary(str(init_weights)))
     return model

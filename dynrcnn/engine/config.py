@@ -67,7 +67,8 @@ class TrainConfig:
     backbone: the detector's backbone
     num_classes: classes including background (none: the training set's + 1)
     weights: local detector checkpoint or state_dict of this very model (strict)
-    init_weights: local detector checkpoint to fine-tune from (what fits loads; new classes: new predictor)
+    init_weights: local detector checkpoint to fine-tune from (torchvision's too): what fits
+        loads, a predictor for other classes is re-initialized, one line says which
     backbone_weights: local file with the backbone's weights (e.g. ImageNet ResNet)
     min_size: images are resized so that their short side is this long
     max_size: ... and their long side at most this long

@@ -11,21 +11,22 @@ Formats (the conversions themselves live in dynrcnn.modeling.torchvision_io):
   aside); `torch.jit.load` reads it after `import torchvision` (for its ops), and the
   category list is stored beside it in the archive as extra file `categories.json`.
 
-The output is written atomically (a temporary file renamed into place).
+The output is written atomically (a temporary file renamed into place). TorchScript is
+deprecated upstream (torch.jit.load warns so) but works in the torch versions dynrcnn supports.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from dynrcnn.engine.builders import categories_from_ann, load_model_for_eval
-from dynrcnn.engine.checkpoint import atomic_save
+from dynrcnn.engine.checkpoint import atomic_open, atomic_save
 from dynrcnn.engine.config import EvalConfig, UsageError
 
 EXPORT_FORMATS: Tuple[str, ...] = ("torchvision", "torchscript")
@@ -51,15 +52,11 @@ class ExportConfig:
 
 def _save_scripted(module: torch.jit.ScriptModule, categories: List[Dict[str, Any]],
                    path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        torch.jit.save(module, tmp, _extra_files={"categories.json": json.dumps(categories)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path) as f, warnings.catch_warnings():
+        # The user asked for TorchScript; torch's deprecation notice adds nothing here
+        # (the README says TorchScript is deprecated upstream).
+        warnings.filterwarnings("ignore", r"`torch\.jit\.save` is deprecated", FutureWarning)
+        torch.jit.save(module, f, _extra_files={"categories.json": json.dumps(categories)})
 
 
 def export_model(config: ExportConfig) -> str:

@@ -18,6 +18,7 @@ differs), so:
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -273,4 +274,7 @@ def script_detector(model: FasterRCNN) -> torch.jit.ScriptModule:
     `torch.jit.load` reads it without dynrcnn (torchvision must be imported first for its
     nms / roi_align ops). As any scripted torchvision detector it returns
     (losses, detections)."""
-    return torch.jit.script(to_torchvision(model).cpu().eval())
+    stock = to_torchvision(model).cpu().eval()
+    with warnings.catch_warnings():  # asked for explicitly: torch's deprecation notice aside
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        return torch.jit.script(stock)

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEPS := numpy pycocotools pytest ninja tqdm matplotlib ruff
+DEPS := numpy pycocotools pytest ninja tqdm matplotlib ruff onnx onnxruntime
 DEPS_STAMP := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 KERNEL_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)

@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="torchvision", choices=EXPORT_FORMATS,
                    help="torchvision: {constructor, kwargs, state_dict, categories} for "
                    "torchvision.models.detection; torchscript: torch.jit.save of the "
-                   "scripted detector (default: torchvision)")
+                   "scripted detector; onnx: for one [3, S, S] image, S = --min-size "
+                   "(default: torchvision)")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--ann", help="COCO annotation file naming the classes of a bare "
                    "state_dict (default: the names stored in the checkpoint)")

@@ -85,6 +85,23 @@ def assert_same(expected, actual):
         assert torch.equal(a["labels"], e["labels"])
 
 
+def assert_same_set(expected, actual, score_tol=1e-4, box_tol=1e-2):
+    """The same detections up to the order of near-tied scores (onnxruntime's sort and
+    float rounding differ from torch's): every detection has a partner of its label with
+    a score and box within tolerance, except ties at the top-k cut."""
+    for e, a in zip(expected, actual, strict=True):
+        assert len(e["boxes"]) > 0 and len(a["boxes"]) == len(e["boxes"])
+        free = torch.ones(len(a["boxes"]), dtype=torch.bool)
+        cut = float(e["scores"].min()) + score_tol
+        for box, label, score in zip(e["boxes"], e["labels"], e["scores"]):
+            close = free & (a["labels"] == label) & ((a["scores"] - score).abs() <= score_tol) \
+                & ((a["boxes"] - box).abs().amax(dim=1) <= box_tol)
+            if close.any():
+                free[torch.nonzero(close)[0, 0]] = False
+            else:
+                assert float(score) <= cut, (box, label, score)
+
+
 def test_exported_files_load_without_dynrcnn_with_the_same_detections(trained, tmp_path,
                                                                       capsys):
     runs, images, categories = trained
@@ -124,3 +141,57 @@ def test_what_cannot_be_exported_is_said_in_one_line(trained, tmp_path, capsys):
     assert main(["export", "--weights", str(state), "--out", out]) == 2
     assert "--num-classes is needed" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def calibrated_model(images):
+    """A MobileNetV3-FPN Dynamic R-CNN whose BatchNorm statistics come from `images`: with
+    the initial statistics its activations fade out and all scores tie, which leaves the
+    order of the detections to float rounding."""
+    from dynrcnn.modeling import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("dynamic_rcnn", "mobilenet_v3_large_fpn", num_classes=6,
+                           min_size=96, max_size=96)
+    model.train()
+    with torch.no_grad():
+        for _ in range(20):
+            model.backbone(model.transform(images)[0].tensors)
+    return model.eval()
+
+
+def test_onnx_export_runs_in_onnxruntime_with_the_same_detections(trained, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    _, images, categories = trained
+    model = calibrated_model(images)
+    state, path = tmp_path / "bare.pth", tmp_path / "model.onnx"
+    torch.save(model.state_dict(), state)
+    ann = str(tmp_path / "ann.json")
+    Path(ann).write_text(json.dumps({"categories": categories}))
+    assert main(["export", "--weights", str(state), "--arch", "dynamic_rcnn", "--backbone",
+                 "mobilenet_v3_large_fpn", "--num-classes", "6", "--ann", ann, *SIZE,
+                 "--format", "onnx", "--out", str(path)]) == 0
+    assert "[3, 96, 96]" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["input_size"] == "96"
+    assert json.loads(meta["categories"]) == [{"id": c["id"], "name": c["name"]}
+                                              for c in categories]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["boxes", "labels", "scores"]
+    results = []
+    for image in images:  # the validation images are 96 x 96 already
+        boxes, labels, scores = session.run(None, {"image": image.numpy()})
+        results.append({"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                        "scores": torch.from_numpy(scores)})
+    with torch.no_grad():
+        assert_same_set(model(images), results)
+    with pytest.raises(Exception, match="image"):  # another size is refused, not misread
+        session.run(None, {"image": torch.rand(3, 80, 96).numpy()})
+
+
+def test_onnx_without_the_onnx_package_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    runs, _, _ = trained
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert main(["export", "--weights", runs["tiny_fpn"], "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "pip install onnx" in capsys.readouterr().err

@@ -10,6 +10,8 @@ Formats (the conversions themselves live in dynrcnn.modeling.torchvision_io):
 - torchscript: torch.jit.save of the scripted stock detector (any backbone, Cascade R-CNN
   aside); `torch.jit.load` reads it after `import torchvision` (for its ops), and the
   category list is stored beside it in the archive as extra file `categories.json`.
+- onnx: the detector for one fixed [3, S, S] image, S = its min_size (see
+  dynrcnn.modeling.onnx_io for why); categories and S in the ONNX metadata. Needs `onnx`.
 
 The output is written atomically (a temporary file renamed into place). TorchScript is
 deprecated upstream (torch.jit.load warns so) but works in the torch versions dynrcnn supports.
@@ -29,7 +31,7 @@ from dynrcnn.engine.builders import categories_from_ann, load_model_for_eval
 from dynrcnn.engine.checkpoint import atomic_open, atomic_save
 from dynrcnn.engine.config import EvalConfig, UsageError
 
-EXPORT_FORMATS: Tuple[str, ...] = ("torchvision", "torchscript")
+EXPORT_FORMATS: Tuple[str, ...] = ("torchvision", "torchscript", "onnx")
 
 
 @dataclass
@@ -101,6 +103,19 @@ def export_model(config: ExportConfig) -> str:
         return (f"exported {what} to {config.out}: torchvision.models.detection."
                 f"{spec.name}(weights=None, weights_backbone=None, **kwargs) with kwargs "
                 f"{spec.kwargs}")
+    if config.format == "onnx":
+        from dynrcnn.modeling.onnx_io import export_onnx, onnx_input_size
+
+        try:
+            data = export_onnx(model, categories)
+        except ImportError as exc:
+            raise UsageError(f"--format onnx: {exc}") from None
+        with atomic_open(config.out) as f:
+            f.write(data)
+        size = onnx_input_size(model)
+        return (f"exported {what} to {config.out}: ONNX (opset 11) for one float image "
+                f"[3, {size}, {size}] in [0, 1] -> boxes, labels, scores; resize images to "
+                f"{size} x {size} first")
     _save_scripted(script_detector(model), categories, config.out)
     return f"exported {what} to {config.out}: TorchScript (torch.jit.load after import " \
         "torchvision; returns (losses, detections))"

@@ -32,8 +32,9 @@ def code_block(language: str, after_heading: str) -> str:
     return match.group(1)
 
 
-def readme_commands() -> List[List[str]]:
-    text = code_block("bash", "## Training and evaluating on your data")
+def readme_commands(heading: str = "## Training and evaluating on your data"
+                    ) -> List[List[str]]:
+    text = code_block("bash", heading)
     text = text.replace("\\\n", " ")  # continuation lines
     return [shlex.split(line, comments=True) for line in text.splitlines()
             if shlex.split(line, comments=True)]
@@ -41,7 +42,9 @@ def readme_commands() -> List[List[str]]:
 
 def runnable(argv: List[str]) -> List[str]:
     argv = [SHRINK.get(a, a) for a in argv]
-    if argv[0] == "torchrun":
+    if argv[0] == "python":
+        argv = [sys.executable] + argv[1:]
+    elif argv[0] == "torchrun":
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"] + argv[1:]
     elif argv[0] == "dynrcnn":
         argv = [str(SCRIPT)] + argv[1:]
@@ -79,6 +82,37 @@ def test_readme_commands_run_in_order(tmp_path):
                  "dyn/curves.png", "cmp/ap_vs_iou.png", "dyn-8gpu/model_final.pth"):
         assert (runs / path).is_file(), path
     assert (tmp_path / "pred.png").stat().st_size > 0
+
+
+def test_start_from_a_torchvision_model_runs_in_order(tmp_path):
+    """Save a stock 91-class fasterrcnn_resnet50_fpn_v2, fine-tune it with --init-weights
+    on a 5-class set (2 iterations), export it in the three formats, load the torchvision
+    file in plain torchvision: the README's commands as written."""
+    commands = readme_commands("## Start from a torchvision model")
+    assert [c[0] for c in commands] == ["python", "dynrcnn", "dynrcnn", "dynrcnn", "dynrcnn",
+                                        "dynrcnn", "python"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = []
+    for argv in commands:
+        done = subprocess.run(runnable(argv), cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout[-2000:]}\n" \
+                                     f"{done.stderr[-4000:]}"
+        outputs.append(done.stdout)
+    init_line = next(x for x in outputs[2].splitlines() if x.startswith("init-weights"))
+    assert "roi_heads.box_predictor.cls_score.weight [91, 1024]->[4, 1024]" in init_line
+    assert outputs[-1].startswith("fasterrcnn_resnet50_fpn_v2 {'num_classes': 4")
+    assert "['rectangle', 'ellipse', 'triangle']" in outputs[-1]
+    for name in ("ft_tv.pth", "ft_scripted.pt", "ft.onnx"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_the_torchvision_snippet_runs_as_written(capsys):
+    code = code_block("python", "## Start from a torchvision model")
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert re.search(r"^RoIHeads fasterrcnn_mobilenet_v3_large_fpn \{'num_classes': 4, "
+                     r"'min_size': 128, 'max_size': 128, 'rpn_nms_thresh': 0.85\}$",
+                     capsys.readouterr().out, re.M)
 
 
 def test_the_ops_snippet_runs_as_written(capsys):

@@ -27,6 +27,14 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from dynrcnn.data.shapes import (
+    SHAPE_CLASSES,
+    SyntheticConfig,
+    object_color,
+    place_shape,
+    rasterize_polygons,
+)
+
 RECIPES: Dict[str, Dict[str, Any]] = {
     "default": {},
     "study": {"num_classes": 5, "max_objects": 14, "min_object_size": 8.0,
@@ -53,8 +61,6 @@ def info_config(config: Dict[str, Any]) -> Dict[str, Any]:
 def recipe_config(name: str, **overrides: Any) -> Any:
     """SyntheticConfig of recipe `name`; `overrides` (SyntheticConfig fields, None = the
     recipe's value) win over the recipe."""
-    from dynrcnn.data.synthetic import SyntheticConfig
-
     if name not in RECIPES:
         raise ValueError(f"unknown synthetic recipe {name!r}; expected one of "
                          f"{', '.join(RECIPES)}")
@@ -77,13 +83,6 @@ def draw_distractors(rng: np.random.Generator, img: np.ndarray, cfg: Any,
                      bg_mean: np.ndarray) -> int:
     """Paint 0..cfg.distractors unannotated shapes into img (int16 [H, W, 3]) in place,
     before the objects; returns how many."""
-    from dynrcnn.data.synthetic import (
-        SHAPE_CLASSES,
-        _object_color,
-        _place_shape,
-        rasterize_polygons,
-    )
-
     height, width = cfg.image_size
     kinds = SHAPE_CLASSES[cfg.num_classes:] + ("blob",)
     largest = cfg.max_object_fraction * min(height, width)
@@ -94,9 +93,9 @@ def draw_distractors(rng: np.random.Generator, img: np.ndarray, cfg: Any,
             size = math.exp(rng.uniform(math.log(cfg.min_object_size), math.log(largest)))
             polys = [_blob(rng, size, height, width)]
         else:
-            polys = _place_shape(kind, rng, cfg)
+            polys = place_shape(kind, rng, cfg)
         mask = rasterize_polygons(polys, height, width)
-        color = _object_color(rng, bg_mean)
+        color = object_color(rng, bg_mean)
         img[mask] = np.clip(color + 0.5, 0, 255).astype(np.int16)
     return count
 

@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 import torch
 
+from dynrcnn.engine.errors import UsageError
+
 PathLike = Union[str, "os.PathLike[str]"]
 POINTER = "last_checkpoint"
 TMP_PREFIX = ".tmp-"
@@ -203,8 +205,6 @@ def prepare_run_dir(directory: PathLike, resume: bool, overwrite: bool,
     alone (delete=False: check only, for the ranks that do not write). Returns the removed
     paths. Raises UsageError naming --out-dir."""
     import shutil
-
-    from dynrcnn.engine.config import UsageError
 
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):

@@ -23,14 +23,10 @@ from fractions import Fraction
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 from dynrcnn.dynamic import DynamicConfig
+from dynrcnn.engine.checkpoint import atomic_write_text
+from dynrcnn.engine.errors import UsageError
 
 T = TypeVar("T")
-
-
-class UsageError(ValueError):
-    """Bad input the user can fix: a flag's value, a missing or wrong file. The message is
-    one line naming the flag (`--iterations`) or the file; the CLI prints it without a
-    traceback and exits with status 2. A ValueError, so library callers may catch either."""
 
 
 def flag_name(field_name: str) -> str:
@@ -303,8 +299,6 @@ def config_from_dict(cls: Type[T], data: Dict[str, Any], _prefix: str = "") -> T
 def save_config(config: Any, path: str) -> None:
     """Write config as indented JSON, atomically (a reader never sees half a file); the
     per-invocation fields (resume, overwrite) are left out."""
-    from dynrcnn.engine.checkpoint import atomic_write_text
-
     data = {k: v for k, v in config_to_dict(config).items() if k not in PER_INVOCATION_FIELDS}
     atomic_write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 

@@ -82,6 +82,11 @@ def test_readme_commands_run_in_order(tmp_path):
                  "dyn/curves.png", "cmp/ap_vs_iou.png", "dyn-8gpu/model_final.pth"):
         assert (runs / path).is_file(), path
     assert (tmp_path / "pred.png").stat().st_size > 0
+    # like with like: the baseline runs with the RPN NMS dynamic_rcnn builds with
+    import json
+
+    faster = json.loads((runs / "faster" / "config.json").read_text())
+    assert faster["model_kwargs"]["rpn_nms_thresh"] == 0.85
 
 
 def test_start_from_a_torchvision_model_runs_in_order(tmp_path):

@@ -8,6 +8,7 @@ workers, and torchrun with 2 CPU processes instead of 8 GPUs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -83,8 +84,6 @@ def test_readme_commands_run_in_order(tmp_path):
         assert (runs / path).is_file(), path
     assert (tmp_path / "pred.png").stat().st_size > 0
     # like with like: the baseline runs with the RPN NMS dynamic_rcnn builds with
-    import json
-
     faster = json.loads((runs / "faster" / "config.json").read_text())
     assert faster["model_kwargs"]["rpn_nms_thresh"] == 0.85
 

@@ -46,6 +46,16 @@ from dynrcnn.study.report import archive_runs, git_commit, hardware, report_stud
 from dynrcnn.study.runner import recorded_run_settings
 
 DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
+
+
+def default_results(recipe: str, protocol: str) -> str:
+    """study_cpu.md for the main study; study[_paper][_exact]_cpu.md for the others, so a
+    study in another setting never overwrites the main report."""
+    if (recipe, protocol) == ("study", "cpu"):
+        return DEFAULT_RESULTS
+    name = "study" + ("_paper" if protocol == "paper" else "") + \
+        ("_exact" if recipe == "study_exact" else "")
+    return f"benchmarks/results/{name}_cpu.md"
 DEFAULT_CURVE_RESULTS = "benchmarks/results/learning_curve_cpu.md"
 
 
@@ -60,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study data: 'study' (training boxes jittered by up to 1.5 px, as "
                    "real labels) or 'study_exact' (the same images, exact training boxes: "
                    "the label-noise control)")
+    p.add_argument("--protocol", default=d.protocol, choices=["cpu", "paper"],
+                   help="cpu: 300 proposals after RPN NMS 0.7, KI / Kbeta scaled (22 / 3); "
+                   "paper: 1000 proposals after NMS 0.85 for every arm, KI 75 / Kbeta 10 "
+                   "(default %(default)s)")
     p.add_argument("--data", default=None,
                    help="study data set (default: data/<recipe>_<image-size>; generated once)")
     p.add_argument("--arms", nargs="+", default=["core"],
@@ -80,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-val", type=int, default=d.num_val,
                    help="validation images of the study set (default %(default)s)")
     p.add_argument("--results", default=None,
-                   help=f"Markdown report (default {DEFAULT_RESULTS}; --quick: <out>/report.md)")
+                   help=f"Markdown report (default {DEFAULT_RESULTS}; another --recipe or "
+                   "--protocol: study[_paper][_exact]_cpu.md beside it; --quick: "
+                   "<out>/report.md)")
     p.add_argument("--quick", action="store_true", help="smoke study at tiny sizes")
     p.add_argument("--report-only", action="store_true", help="no training: report only")
     p.add_argument("--status", action="store_true", help="list the runs and their state")
@@ -102,7 +118,8 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
                      interval=args.interval,
                      image_size=args.image_size, core_seeds=args.core_seeds,
                      other_seeds=args.other_seeds, jobs=args.jobs, threads=args.threads,
-                     num_train=args.num_train, num_val=args.num_val)
+                     num_train=args.num_train, num_val=args.num_val,
+                     protocol=args.protocol)
 
 
 def list_arms(core_seeds: int, other_seeds: int) -> str:
@@ -147,7 +164,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         print(f"report written to {path}")
         return 0
     results = args.results or (os.path.join(args.out, "report.md") if args.quick
-                               else DEFAULT_RESULTS)
+                               else default_results(spec.recipe, spec.protocol))
     jobs = plan(spec)
     if args.status:
         for job in jobs:

@@ -303,3 +303,28 @@ def test_git_commit_flags_code_changes_but_not_the_reports_own_output(tmp_path) 
     assert "uncommitted" not in git_commit(str(tmp_path / "benchmarks"))
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(str(tmp_path / "benchmarks")).endswith("+ uncommitted changes")
+
+
+def test_paper_protocol_gives_every_arm_the_papers_rpn_and_k(tmp_path) -> None:
+    """Issue 18: 1000 proposals after RPN NMS 0.85 for every arm, the baseline and the
+    cascade included, KI 75 / Kbeta 10 unscaled; the cpu protocol is unchanged."""
+    spec = StudySpec(out_dir=str(tmp_path), data_dir="d", arms=["core"], protocol="paper")
+    jobs = plan(spec)
+    assert {j.arm.name for j in jobs} == set(CORE)
+    for job in jobs:
+        model = job.config.model_kwargs
+        assert model["rpn_nms_thresh"] == 0.85
+        assert model["rpn_post_nms_top_n_train"] == model["rpn_post_nms_top_n_test"] == 1000
+        assert model["box_batch_size_per_image"] == 128
+        if job.arm.arch == "dynamic_rcnn":
+            assert (job.config.dynamic.k_iou, job.config.dynamic.k_err) == (75, 10)
+    cpu = plan(dataclasses.replace(spec, protocol="cpu"))
+    assert all(j.config.model_kwargs["rpn_nms_thresh"] == 0.7 for j in cpu)
+    assert all((j.config.dynamic.k_iou, j.config.dynamic.k_err) == (KI, KBETA)
+               for j in cpu if j.arm.name == "dla_dsl")
+    with pytest.raises(UsageError, match="dla_ki64 fixes KI"):
+        StudySpec(out_dir=str(tmp_path), data_dir="d", arms=["dla_ki64"], protocol="paper")
+    assert experiment.default_results("study", "cpu") == experiment.DEFAULT_RESULTS
+    assert experiment.default_results("study_exact", "cpu").endswith("/study_exact_cpu.md")
+    assert experiment.default_results("study_exact", "paper").endswith(
+        "/study_paper_exact_cpu.md")

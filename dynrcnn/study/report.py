@@ -253,7 +253,8 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
         f"{spec.get('num_val')} val images of {spec.get('image_size')} px, generated with "
         "seed 0",
         f"- schedule: {spec.get('iterations')} iterations (x the arm's schedule factor), "
-        f"C = {spec.get('interval')}, tiny_fpn, batch 4, 300 RPN proposals per image",
+        f"C = {spec.get('interval')}, tiny_fpn, batch 4, 128 sampled RoIs per image",
+        "- protocol: " + _PROTOCOL_TEXT[spec.get("protocol") or "cpu"],
         "- seeds: " + "; ".join(f"{a} {','.join(map(str, s))}" for a, s in seeds.items()),
         "", "Numbers are COCO AP (x100) on the validation split, mean ± sample sd over "
         "seeds. Paired differences: arm minus baseline at the same seed, mean and 95% "
@@ -329,6 +330,14 @@ def archive_runs(jobs: Sequence[Any], out_dir: str, dest: str) -> List[str]:
         if done and os.path.isfile(os.path.join(out_dir, name)):
             shutil.copy2(os.path.join(out_dir, name), os.path.join(dest, name))
     return done
+
+
+_PROTOCOL_TEXT = {
+    "cpu": "'cpu': 300 RPN proposals per image after NMS 0.7 for every arm, KI / Kbeta "
+           "scaled to 22 / 3",
+    "paper": "'paper': 1000 RPN proposals per image after NMS 0.85 (train and test) for "
+             "every arm, the baseline included, KI / Kbeta 75 / 10 as in the paper",
+}
 
 
 def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str) -> str:

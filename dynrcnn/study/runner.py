@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import TrainConfig, UsageError, save_config
 from dynrcnn.engine.presets import small_cpu_config
-from dynrcnn.study.arms import Arm, seeds_for, select_arms
+from dynrcnn.study.arms import Arm, check_protocol, seeds_for, select_arms
 from dynrcnn.study.layout import JOB_FILE, final_metrics_path
 
 
@@ -39,7 +39,9 @@ from dynrcnn.study.layout import JOB_FILE, final_metrics_path
 class StudySpec:
     """What to run. iterations / interval (C) / image_size are the schedule and size of
     every arm (an arm's `schedule` multiplies iterations); core_seeds / other_seeds: seeds
-    of the core arms and of the others; jobs: runs side by side (one thread each)."""
+    of the core arms and of the others; jobs: runs side by side (one thread each);
+    protocol: "cpu" (300 proposals, NMS 0.7, KI / Kbeta scaled) or "paper" (1000 proposals
+    after NMS 0.85 for every arm, KI 75 / Kbeta 10; see dynrcnn.study.arms)."""
 
     out_dir: str
     data_dir: str
@@ -56,6 +58,7 @@ class StudySpec:
     recipe: str = "study"
     log_period: int = 20
     plot: bool = True  # each run's curves.png (with the Figure-1 row)
+    protocol: str = "cpu"
 
     def __post_init__(self) -> None:
         checks = {"--iterations": self.iterations, "--interval": self.interval,
@@ -68,7 +71,8 @@ class StudySpec:
         if not 1 <= self.jobs <= 2:
             raise UsageError(f"--jobs must be 1 or 2 (a 2-core machine), got {self.jobs}")
         try:
-            select_arms(self.arms)
+            for arm in select_arms(self.arms):
+                check_protocol(arm, self.protocol)
         except ValueError as exc:
             raise UsageError(f"--arms: {exc}") from None
 
@@ -115,8 +119,9 @@ def plan(spec: StudySpec, arms: Optional[Sequence[Arm]] = None,
             iterations = max(1, round(spec.iterations * arm.schedule))
             config = small_cpu_config(
                 spec.data_dir, run_dir, arm.arch, iterations, spec.interval, spec.image_size,
-                resume=True, seed=seed, dynamic=arm.dynamic_config(spec.interval),
-                model_kwargs=arm.model_kwargs(), progress=False, log_period=spec.log_period,
+                resume=True, seed=seed, dynamic=arm.dynamic_config(spec.interval, spec.protocol),
+                model_kwargs=arm.model_kwargs(spec.protocol), progress=False,
+                log_period=spec.log_period,
                 plot=spec.plot,
                 **(overrides or {}).get(arm.name, {}))
             jobs.append(Job(arm, seed, run_dir, config))

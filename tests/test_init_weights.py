@@ -140,3 +140,20 @@ def test_cli_refuses_another_architecture_in_one_line(shapes, tmp_path, capsys):
     assert main([*common, "--backbone", "tiny_fpn", "--init-weights", str(path),
                  "--weights", str(path)]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_a_fine_tuning_run_resumes_without_its_init_file(shapes, tmp_path, capsys):
+    path = tmp_path / "stock_mobilenet.pth"
+    torch.save(stock_state("fasterrcnn_mobilenet_v3_large_fpn"), path)
+    run = tmp_path / "run"
+    assert main(["train", "--data-dir", shapes, "--backbone", "mobilenet_v3_large_fpn",
+                 "--init-weights", str(path), "--iterations", "2", "--checkpoint-period", "1",
+                 "--out-dir", str(run), "--num-workers", "0", "--no-progress", "--no-plot",
+                 "--min-size", "96", "--max-size", "96"]) == 0
+    assert "init-weights" in capsys.readouterr().out
+    path.unlink()  # the user cleaned up; the run's checkpoints hold the weights
+    with pytest.warns(RuntimeWarning, match=r"iterations \(2 -> 3\)"):
+        assert main(["train", "--config", str(run / "config.json"), "--resume",
+                     "--iterations", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "init-weights" not in out and "iterations=3" in out

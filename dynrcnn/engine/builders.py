@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dynrcnn.dynamic import DynamicState
-from dynrcnn.engine.checkpoint import load_checkpoint
+from dynrcnn.engine.checkpoint import Checkpointer, load_checkpoint
 from dynrcnn.engine.config import EvalConfig, TrainConfig, UsageError, config_from_dict
 
 MASK_ARCHS = frozenset({"mask_rcnn", "dynamic_mask_rcnn"})
@@ -190,7 +190,10 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         config.arch, backbone=config.backbone, num_classes=num_classes,
         weights=config.weights, backbone_weights=config.backbone_weights, dynamic=dynamic,
         pretrained=True if config.init_weights else None, **_model_kwargs(config))
-    if config.init_weights:
+    # A resumed run continues from its checkpoint, which holds the fine-tuned weights: the
+    # init file is not read again (it may be gone by then).
+    resuming = config.resume and Checkpointer(config.out_dir).last_checkpoint() is not None
+    if config.init_weights and not resuming:
         line = init_fine_tuning(model, config.init_weights)
         if int(os.environ.get("RANK", "0")) == 0:
             print(line, flush=True)

@@ -152,8 +152,9 @@ def _state_of(obj: Any) -> Dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
-    """Load a detector state_dict strictly, except for DynamicState buffers (the rule is
-    modeling's `weights_mismatch`); a mismatch is a UsageError naming --weights."""
+    """Load a detector state_dict strictly, except for training state (DynamicState
+    buffers, BatchNorm's num_batches_tracked: the rule is modeling's `weights_mismatch`); a
+    mismatch is a UsageError naming --weights."""
     from dynrcnn.modeling.weights import load_state_loosely, weights_mismatch
 
     why = weights_mismatch(model, state)

@@ -32,6 +32,19 @@ CONSTRUCTORS = ["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
 DYNAMIC = DynamicConfig(k_iou=8, k_err=3, interval=1)  # T and beta move within one step
 
 
+class CascadeAgnosticLike(torch.nn.Module):
+    """A user's own box predictor (not torchvision's FastRCNNPredictor)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.scores = torch.nn.Linear(channels, num_classes)
+        self.deltas = torch.nn.Linear(channels, 4)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.scores(x), self.deltas(x)
+
+
 def stock(name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     return getattr(tvd, name)(weights=None, weights_backbone=None, **{**STOCK_KW, **kwargs})
@@ -110,6 +123,11 @@ def test_make_dynamic_options_and_refusals():
         make_dynamic(cascade)
     with pytest.raises(NoTorchvisionConstructor, match="no torchvision equivalent"):
         to_torchvision(cascade)
+    custom = stock("fasterrcnn_mobilenet_v3_large_fpn")
+    custom.roi_heads.box_predictor = CascadeAgnosticLike(1024, NUM_CLASSES)
+    with pytest.raises(NoTorchvisionConstructor, match="not torchvision's FastRCNNPredictor"):
+        torchvision_constructor(custom)
+    assert type(to_torchvision(custom).roi_heads.box_predictor) is CascadeAgnosticLike
 
 
 @pytest.mark.parametrize("arch,backbone,name", [

@@ -196,8 +196,13 @@ def torchvision_constructor(model: FasterRCNN) -> TorchvisionConstructor:
     """The stock constructor and keyword arguments that rebuild `model` (weights aside);
     raises NoTorchvisionConstructor naming the first difference when none does."""
     _check_convertible(model)
+    cls_score = getattr(model.roi_heads.box_predictor, "cls_score", None)
+    if not isinstance(cls_score, nn.Linear):
+        raise NoTorchvisionConstructor(
+            f"the box predictor {type(model.roi_heads.box_predictor).__name__} is not "
+            "torchvision's FastRCNNPredictor; export it as TorchScript")
     ours, structure = detector_settings(model), _structure(model)
-    num_classes = int(model.roi_heads.box_predictor.cls_score.out_features)
+    num_classes = int(cls_score.out_features)
     why = "no candidate"
     for name in _candidates(model):
         default = _stock(name, "meta", num_classes=num_classes)
@@ -209,6 +214,11 @@ def torchvision_constructor(model: FasterRCNN) -> TorchvisionConstructor:
         kwargs.update({k: v for k, v in ours.items() if v != stock_settings[k]})
         if "min_size" in kwargs and len(kwargs["min_size"]) == 1:
             kwargs["min_size"] = kwargs["min_size"][0]
+        rebuilt = detector_settings(_stock(name, "meta", **kwargs))
+        wrong = [k for k in ours if rebuilt[k] != ours[k]]
+        if wrong:  # a setting the constructor does not pass through as given
+            why = f"{wrong[0]} {ours[wrong[0]]} (rebuilt: {rebuilt[wrong[0]]})"
+            continue
         return TorchvisionConstructor(name, kwargs)
     raise NoTorchvisionConstructor(
         f"no torchvision.models.detection constructor builds this "

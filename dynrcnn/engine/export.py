@@ -68,7 +68,6 @@ def export_model(config: ExportConfig) -> str:
         NoTorchvisionConstructor,
         export_torchvision,
         script_detector,
-        torchvision_constructor,
     )
 
     if config.format not in EXPORT_FORMATS:
@@ -93,16 +92,16 @@ def export_model(config: ExportConfig) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
     if config.format == "torchvision":
         try:
-            spec = torchvision_constructor(model)
+            exported = export_torchvision(model, categories)
         except NoTorchvisionConstructor:
             raise UsageError(f"--format torchvision: torchvision has no constructor for "
                              f"{what} (it has Faster R-CNN on resnet50_fpn, resnet50_fpn_v2, "
                              "mobilenet_v3_large_fpn and Mask R-CNN on the two ResNets); "
                              "use --format torchscript") from None
-        atomic_save(export_torchvision(model, categories), config.out)
+        atomic_save(exported, config.out)
         return (f"exported {what} to {config.out}: torchvision.models.detection."
-                f"{spec.name}(weights=None, weights_backbone=None, **kwargs) with kwargs "
-                f"{spec.kwargs}")
+                f"{exported['constructor']}(weights=None, weights_backbone=None, **kwargs) "
+                f"with kwargs {exported['kwargs']}")
     if config.format == "onnx":
         from dynrcnn.modeling.onnx_io import export_onnx, onnx_input_size
 

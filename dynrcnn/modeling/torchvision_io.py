@@ -238,6 +238,13 @@ def _stock_state(model: FasterRCNN, stock: FasterRCNN) -> Dict[str, torch.Tensor
     return full
 
 
+def _stock_with_weights(model: FasterRCNN, spec: TorchvisionConstructor) -> FasterRCNN:
+    """The stock constructor's model (on the CPU) with `model`'s weights, strictly."""
+    stock = _stock(spec.name, **spec.kwargs)
+    stock.load_state_dict(_stock_state(model, stock))
+    return stock
+
+
 def to_torchvision(model: FasterRCNN) -> FasterRCNN:
     """A stock torchvision detector with `model`'s weights and detections; `model` is
     left as it is.
@@ -259,9 +266,7 @@ def to_torchvision(model: FasterRCNN) -> FasterRCNN:
         if isinstance(stock.roi_heads, DynamicRoIHeads):
             stock.roi_heads = _stock_heads(stock.roi_heads)
         return stock
-    stock = _stock(spec.name, **spec.kwargs)
-    stock.load_state_dict(_stock_state(model, stock))
-    return stock.to(device).train(model.training)
+    return _stock_with_weights(model, spec).to(device).train(model.training)
 
 
 def export_torchvision(model: FasterRCNN,
@@ -272,8 +277,7 @@ def export_torchvision(model: FasterRCNN,
     weights_backbone=None, **f["kwargs"]).load_state_dict(f["state_dict"])` loads strictly.
     categories: [{"id", "name"}] by label (label k is entry k - 1)."""
     spec = torchvision_constructor(model)
-    stock = _stock(spec.name, **spec.kwargs)
-    stock.load_state_dict(_stock_state(model, stock))
+    stock = _stock_with_weights(model, spec)
     return {"constructor": spec.name, "kwargs": dict(spec.kwargs),
             "state_dict": stock.state_dict(), "categories": list(categories or [])}
 

@@ -9,6 +9,8 @@ paired 95% confidence intervals (library: dynrcnn.study; this is its command lin
     python benchmarks/experiment.py --learning-curve --longest 6000 --steps 4
     python benchmarks/experiment.py --report-only     # tables from the finished runs
     python benchmarks/experiment.py --status          # which runs are finished
+    python benchmarks/experiment.py --recipe study_exact --arms baseline dla_dsl \
+        --best-vs-best runs/study_exact runs/study_paper_exact   # each at its best setting
 
 Resumable and safe in the background (e.g. `nohup python benchmarks/experiment.py &`):
 each (arm, seed) is a training run directory under --out; finished runs are skipped, half-
@@ -40,7 +42,7 @@ import torch
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import UsageError
 from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
-from dynrcnn.study.arms import seeds_for
+from dynrcnn.study.arms import seeds_for, select_arms
 from dynrcnn.study.curve import run_learning_curve
 from dynrcnn.study.report import archive_runs, git_commit, hardware, report_study
 from dynrcnn.study.runner import recorded_run_settings
@@ -93,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images of the study set (default %(default)s)")
     p.add_argument("--num-val", type=int, default=d.num_val,
                    help="validation images of the study set (default %(default)s)")
+    p.add_argument("--num-test", type=int, default=d.num_test,
+                   help="held-out test images of the study set (default %(default)s)")
+    p.add_argument("--best-vs-best", nargs="+", metavar="STUDY_DIR", default=None,
+                   help="no training: each --arms arm at its best (training protocol, test "
+                   "setting), chosen on val among these studies' runs, reported on test")
     p.add_argument("--results", default=None,
                    help=f"Markdown report (default {DEFAULT_RESULTS}; another --recipe or "
                    "--protocol: study[_paper][_exact]_cpu.md beside it; --quick: "
@@ -119,7 +126,7 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
                      image_size=args.image_size, core_seeds=args.core_seeds,
                      other_seeds=args.other_seeds, jobs=args.jobs, threads=args.threads,
                      num_train=args.num_train, num_val=args.num_val,
-                     protocol=args.protocol)
+                     num_test=args.num_test, protocol=args.protocol)
 
 
 def list_arms(core_seeds: int, other_seeds: int) -> str:
@@ -149,6 +156,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         print(list_arms(args.core_seeds, args.other_seeds))
         return 0
     spec = spec_from_args(args)
+    if args.best_vs_best:
+        return best_vs_best(args, spec, command)
     if args.learning_curve:
         _, text = run_learning_curve(spec, args.longest, args.steps)
         path = args.results or DEFAULT_CURVE_RESULTS
@@ -168,7 +177,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     jobs = plan(spec)
     if args.status:
         for job in jobs:
-            state = "finished" if job.finished() else "partial" if job.started() else "todo"
+            state = ("finished" if job.complete() else "to-eval" if job.finished() else
+                     "partial" if job.started() else "todo")
             print(f"{state:8s} {job.name:24s} {job.run_dir}")
         return 0
     failed: list[str] = []
@@ -190,6 +200,33 @@ def run(args: argparse.Namespace, command: str) -> int:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def best_vs_best(args: argparse.Namespace, spec: StudySpec, command: str) -> int:
+    """The user's comparison over finished studies (see dynrcnn.study.choice)."""
+    from dynrcnn.study.choice import choice_report, choose, collect
+    from dynrcnn.study.settings import STUDY_SETTINGS
+
+    missing = [d for d in args.best_vs_best if not os.path.isdir(d)]
+    if missing:
+        raise UsageError(f"--best-vs-best: no study directory {', '.join(missing)}")
+    arms = [a.name for a in select_arms(spec.arms)]
+    try:
+        choice = choose(collect(args.best_vs_best, arms, STUDY_SETTINGS), arms)
+    except ValueError as exc:
+        raise UsageError(f"--best-vs-best: {exc}") from None
+    name = "best_vs_best" + ("_exact" if spec.recipe == "study_exact" else "")
+    path = args.results or f"benchmarks/results/{name}_cpu.md"
+    text = (f"# Best against best ({spec.recipe} set): each detector at its own best setting"
+            f"\n\n- hardware: {hardware()}; torch {torch.__version__}\n- commit: "
+            f"{git_commit()}\n- command: `{command}`\n- studies: "
+            f"{', '.join(args.best_vs_best)} (data: {spec.data_dir}, {spec.num_val} val / "
+            f"{spec.num_test} test images)\n\n" + choice_report(choice))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(text, path)
+    print(text)
+    print(f"report written to {path}")
     return 0
 
 

@@ -89,3 +89,57 @@ def test_rerun_skips_resumes_and_evaluates(quick_study, capsys) -> None:
     assert experiment.main(["--quick", "--out", out, "--status"]) == 0
     status = capsys.readouterr().out.splitlines()
     assert len(status) == 4 and all(line.startswith("finished") for line in status)
+
+
+def test_every_run_is_evaluated_at_each_setting_on_val_and_test(quick_study, tmp_path) -> None:
+    """Issue 18: each finished run has val and test metrics at both protocols' settings; the
+    evaluation at the run's own setting on val repeats the trainer's final one exactly."""
+    import json
+
+    from dynrcnn.engine.config import TrainConfig, load_config
+    from dynrcnn.study.settings import evaluate_setting, metrics_path, planned_evals
+
+    run_dir = os.path.join(quick_study, "dla_dsl", "seed0")
+    config = load_config(TrainConfig, os.path.join(run_dir, "job.json"))
+    planned = planned_evals(config)
+    assert len(planned) == 4 and {s for s, _ in planned} == {"val", "test"}
+    for split, setting in planned:
+        assert os.path.isfile(metrics_path(run_dir, config, split, setting))
+    again = evaluate_setting(str(tmp_path), config, "val", "300_nms070",
+                             weights=os.path.join(run_dir, "model_final.pth"))
+    with open(metrics_path(run_dir, config, "val", "300_nms070")) as f:
+        assert json.load(f)["bbox"] == pytest.approx(again["bbox"], abs=0)
+
+
+def test_best_vs_best_over_the_quick_study(quick_study, tmp_path) -> None:
+    out = str(tmp_path / "bvb.md")
+    assert experiment.main(["--quick", "--out", quick_study, "--best-vs-best", quick_study,
+                            "--arms", "baseline", "dla_dsl", "--results", out]) == 0
+    report = read(out)
+    assert report.startswith("# Best against best")
+    assert "Seeds: 0, 1 (n = 2)" in report and report.count("| yes |") == 2
+    assert "| dla_dsl - baseline |" in report
+
+
+def test_archived_run_is_retrained_for_evaluations_it_lacks(quick_study, tmp_path) -> None:
+    """A run restored from the archive (metrics, no checkpoints) that lacks an evaluation
+    is trained again (deterministic: the same val metrics) and then evaluated."""
+    import json
+
+    fresh = str(tmp_path / "restored")
+    shutil.copytree(os.path.join(quick_study, "report_runs"), fresh)
+    run_dir = os.path.join(fresh, "baseline", "seed0")
+    final = read(os.path.join(run_dir, "eval_0000004", "metrics.json"))
+    shutil.rmtree(os.path.join(run_dir, "eval_test_1000_nms085"))
+    shutil.copytree(os.path.join(quick_study, "data"), os.path.join(fresh, "data"))
+    study_json = os.path.join(fresh, "study.json")  # --quick keeps its data inside --out
+    with open(study_json) as f:
+        recorded = json.load(f)
+    with open(study_json, "w") as f:
+        json.dump({**recorded, "data_dir": os.path.join(fresh, "data")}, f)
+    assert experiment.main(["--quick", "--out", fresh]) == 0
+    log = read(os.path.join(fresh, "study.log")).split("study in ")[-1]
+    assert "3 finished earlier, 1 to run" in log and "evaluating baseline seed 0" in log
+    assert os.path.isfile(os.path.join(run_dir, "eval_test_1000_nms085", "metrics.json"))
+    assert read(os.path.join(run_dir, "eval_0000004", "metrics.json")) == final
+    assert "WARNING" not in read(os.path.join(run_dir, "train.log"))

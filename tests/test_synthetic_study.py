@@ -131,3 +131,31 @@ def test_study_exact_is_the_study_without_label_jitter() -> None:
     # above); only the training boxes are exact
     assert RECIPES["study_exact"] == {**RECIPES["study"], "box_jitter": 0.0}
     assert recipe_config("study_exact") == recipe_config("study", box_jitter=0.0)
+
+
+def test_held_out_test_split_is_exact_and_can_be_added_later(tmp_path) -> None:
+    """Issue 18: a test split for choices made on val. Written only when asked (the default
+    set is unchanged), exact boxes even in a jittered recipe, and the same whether written
+    with the others or added afterwards (image i depends on the seed, split and i only)."""
+    at_once, later = str(tmp_path / "once"), str(tmp_path / "later")
+    out = make_synthetic_coco(at_once, num_train=3, num_val=2, num_test=3, image_size=(64, 64),
+                              masks=False, recipe="study")
+    assert out.annotation_file("test") == out.root / "annotations" / "instances_test.json"
+    assert len(annotations(at_once, "test")["images"]) == 3
+    make_synthetic_coco(later, num_train=3, num_val=2, image_size=(64, 64), masks=False,
+                        recipe="study")
+    assert not os.path.exists(os.path.join(later, "annotations", "instances_test.json"))
+    make_synthetic_coco(later, num_test=3, image_size=(64, 64), masks=False, recipe="study",
+                        splits=("test",))
+    assert digest(at_once) == digest(later)
+    exact = str(tmp_path / "exact")
+    make_synthetic_coco(exact, num_test=3, image_size=(64, 64), masks=False,
+                        recipe="study_exact", splits=("test",))
+    assert annotations(exact, "test")["annotations"] == annotations(at_once, "test")[
+        "annotations"]  # the jitter touches training boxes only
+    assert annotations(at_once, "test")["images"] != [] and \
+        annotations(at_once, "test") != annotations(at_once, "val")
+    with pytest.raises(ValueError, match="unknown split 'tset'"):
+        make_synthetic_coco(str(tmp_path / "bad"), splits=("tset",))
+    with pytest.raises(ValueError, match="num_test must be >= 0"):
+        make_synthetic_coco(str(tmp_path / "bad"), num_test=-1)

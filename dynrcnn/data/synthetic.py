@@ -5,6 +5,10 @@
     out_dir/train/000000.png ...           out_dir/val/000000.png ...
     out_dir/annotations/instances_train.json   out_dir/annotations/instances_val.json
 
+and, with num_test > 0, a third split (out_dir/test/, annotations/instances_test.json): a
+held-out set for choices made on val (the study's best-against-best comparison picks each
+detector's setting on val and reports it on test). val and test boxes are always exact.
+
 Each image has 1..max_objects shapes of `num_classes` classes (rectangle, ellipse, triangle,
 cross, ring, star; all rotated by up to +-30 degrees, sizes log-uniform from `min_object_size`
 pixels to half the image side, aspect ratios log-uniform in [1/2.5, 2.5]) on a cluttered
@@ -64,8 +68,8 @@ from dynrcnn.data.shapes import (  # noqa: F401  (SHAPE_CLASSES, mask_box: publi
 
 PathLike = Union[str, os.PathLike]
 
-SPLITS: Tuple[str, ...] = ("train", "val")
-_SPLIT_CODE = {"train": 0, "val": 1}
+SPLITS: Tuple[str, ...] = ("train", "val", "test")
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
 @dataclass(frozen=True)
 class SyntheticCoco:
@@ -79,11 +83,10 @@ class SyntheticCoco:
     num_classes: int  # shape classes, without background
 
     def images_dir(self, split: str) -> Path:
-        return {"train": self.train_images, "val": self.val_images}[_check_split(split)]
+        return self.root / _check_split(split)
 
     def annotation_file(self, split: str) -> Path:
-        return {"train": self.train_annotations,
-                "val": self.val_annotations}[_check_split(split)]
+        return self.root / "annotations" / f"instances_{_check_split(split)}.json"
 
 
 def _check_split(split: str) -> str:
@@ -249,13 +252,16 @@ def make_synthetic_coco(
     min_object_size: Optional[float] = None,
     empty_fraction: Optional[float] = None,
     recipe: str = "default",
+    num_test: int = 0,
+    splits: Optional[Sequence[str]] = None,
 ) -> SyntheticCoco:
     """Write a synthetic COCO-format data set of shapes (see the module docstring).
 
     Args:
         out_dir: created if needed; train/, val/ and annotations/ are written inside
             (existing files of the same names are overwritten).
-        num_train, num_val: images per split (0 allowed).
+        num_train, num_val, num_test: images per split (0 allowed; the test split is
+            written only when num_test > 0).
         image_size: (height, width).
         num_classes: shape classes (1..6): rectangle, ellipse, triangle, cross, ring, star.
         seed: everything is a function of the seed.
@@ -263,12 +269,19 @@ def make_synthetic_coco(
         max_objects, min_object_size, empty_fraction: see SyntheticConfig.
         recipe: a name of dynrcnn.data.recipes.RECIPES ("default": the demo's set, "study":
             the accuracy study's); arguments left None take the recipe's values.
+        splits: write only these splits (e.g. ("test",) to add a held-out split to an
+            existing set: image i of a split depends only on (seed, split, i), so the other
+            splits need not be rewritten).
 
     Returns:
         SyntheticCoco with the paths of both splits.
     """
-    if num_train < 0 or num_val < 0:
-        raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
+    if min(num_train, num_val, num_test) < 0:
+        raise ValueError(f"num_train, num_val and num_test must be >= 0, got {num_train}, "
+                         f"{num_val}, {num_test}")
+    counts = {"train": num_train, "val": num_val, "test": num_test}
+    wanted = [_check_split(s) for s in splits] if splits is not None else \
+        [s for s in SPLITS if s != "test" or num_test > 0]
     cfg = recipe_config(recipe, image_size=(int(image_size[0]), int(image_size[1])),
                         num_classes=num_classes, max_objects=max_objects,
                         min_object_size=min_object_size, empty_fraction=empty_fraction,
@@ -279,9 +292,9 @@ def make_synthetic_coco(
         train_annotations=root / "annotations" / "instances_train.json",
         val_annotations=root / "annotations" / "instances_val.json",
         num_classes=cfg.num_classes)
-    for split, n in (("train", num_train), ("val", num_val)):
-        _write_split(cfg, split, n, result.images_dir(split), result.annotation_file(split),
-                     masks)
+    for split in wanted:
+        _write_split(cfg, split, counts[split], result.images_dir(split),
+                     result.annotation_file(split), masks)
     return result
 
 
@@ -292,6 +305,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--num-train", type=int, default=200)
     parser.add_argument("--num-val", type=int, default=50)
+    parser.add_argument("--num-test", type=int, default=0,
+                        help="held-out test split (default none)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(256, 256),
                         metavar=("H", "W"))
     parser.add_argument("--recipe", default="default",
@@ -311,13 +326,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             image_size=tuple(args.image_size), num_classes=args.num_classes, seed=args.seed,
             masks=not args.no_masks, max_objects=args.max_objects,
             min_object_size=args.min_object_size, empty_fraction=args.empty_fraction,
-            recipe=args.recipe)
+            recipe=args.recipe, num_test=args.num_test)
     except ValueError as e:
         parser.error(str(e))
     seconds = time.perf_counter() - start
-    total = args.num_train + args.num_val
-    print(f"wrote {total} images ({args.num_train} train, {args.num_val} val) to {out.root} "
-          f"in {seconds:.1f} s: {out.train_annotations}, {out.val_annotations}")
+    total = args.num_train + args.num_val + args.num_test
+    test = f", {args.num_test} test" if args.num_test else ""
+    files = ", ".join(str(out.annotation_file(s)) for s in SPLITS
+                      if s != "test" or args.num_test)
+    print(f"wrote {total} images ({args.num_train} train, {args.num_val} val{test}) to "
+          f"{out.root} in {seconds:.1f} s: {files}")
     return 0
 
 

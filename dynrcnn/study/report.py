@@ -5,6 +5,7 @@ and a header naming hardware, commit, command and seeds. Only finished runs ente
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
 import platform
@@ -318,13 +319,15 @@ def archive_runs(jobs: Sequence[Any], out_dir: str, dest: str) -> List[str]:
         if rel.startswith(os.pardir):
             raise ValueError(f"run {job.run_dir} is not inside the study directory {out_dir}")
         target = os.path.join(dest, rel)
-        metrics = final_metrics_path(job.run_dir, job.config.iterations)
-        metrics_copy = os.path.join(target, os.path.relpath(metrics, job.run_dir))
-        os.makedirs(os.path.dirname(metrics_copy), exist_ok=True)
+        os.makedirs(target, exist_ok=True)
         for name in ARCHIVED_FILES:
             if os.path.isfile(os.path.join(job.run_dir, name)):
                 shutil.copy2(os.path.join(job.run_dir, name), os.path.join(target, name))
-        shutil.copy2(metrics, metrics_copy)
+        # the final evaluation and those at other test settings / on the test split
+        for metrics in glob.glob(os.path.join(job.run_dir, "eval_*", "metrics.json")):
+            metrics_copy = os.path.join(target, os.path.relpath(metrics, job.run_dir))
+            os.makedirs(os.path.dirname(metrics_copy), exist_ok=True)
+            shutil.copy2(metrics, metrics_copy)
         done.append(rel)
     for name in ARCHIVED_STUDY_FILES:
         if done and os.path.isfile(os.path.join(out_dir, name)):

@@ -33,6 +33,7 @@ from dynrcnn.engine.config import TrainConfig, UsageError, save_config
 from dynrcnn.engine.presets import small_cpu_config
 from dynrcnn.study.arms import Arm, check_protocol, seeds_for, select_arms
 from dynrcnn.study.layout import JOB_FILE, final_metrics_path
+from dynrcnn.study.settings import pending_evals, split_files
 
 
 @dataclass
@@ -59,12 +60,14 @@ class StudySpec:
     log_period: int = 20
     plot: bool = True  # each run's curves.png (with the Figure-1 row)
     protocol: str = "cpu"
+    num_test: int = 500  # held-out split: settings are chosen on val, reported on test
 
     def __post_init__(self) -> None:
         checks = {"--iterations": self.iterations, "--interval": self.interval,
                   "--image-size": self.image_size, "--core-seeds": self.core_seeds,
                   "--other-seeds": self.other_seeds, "--threads": self.threads,
-                  "--num-train": self.num_train, "--num-val": self.num_val}
+                  "--num-train": self.num_train, "--num-val": self.num_val,
+                  "--num-test": self.num_test}
         for flag, value in checks.items():
             if value < 1:
                 raise UsageError(f"{flag} must be >= 1, got {value}")
@@ -82,8 +85,8 @@ def quick_spec(out_dir: str) -> StudySpec:
     twelve 64-px images (numbers meaningless; it exercises every path)."""
     return StudySpec(out_dir=out_dir, data_dir=os.path.join(out_dir, "data"),
                      arms=["baseline", "dla_dsl"], iterations=4, interval=2, image_size=64,
-                     core_seeds=2, other_seeds=2, num_train=12, num_val=6, log_period=2,
-                     plot=False)
+                     core_seeds=2, other_seeds=2, num_train=12, num_val=6, num_test=6,
+                     log_period=2, plot=False)
 
 
 @dataclass
@@ -99,6 +102,10 @@ class Job:
 
     def finished(self) -> bool:
         return os.path.isfile(final_metrics_path(self.run_dir, self.config.iterations))
+
+    def complete(self) -> bool:
+        """Finished, and evaluated at every test setting on every held-out split."""
+        return self.finished() and not pending_evals(self.run_dir, self.config)
 
     def started(self) -> bool:
         return bool(glob.glob(os.path.join(self.run_dir, "model_*.pth")))
@@ -129,29 +136,36 @@ def plan(spec: StudySpec, arms: Optional[Sequence[Arm]] = None,
 
 
 def ensure_study_data(spec: StudySpec, log: Callable[[str], None]) -> None:
-    """Generate the study's data set once (fixed seed 0); an existing one must match."""
+    """Generate the study's data set once (fixed seed 0); an existing one must match. A set
+    written before the test split existed gets it added (the other splits are untouched:
+    image i of a split depends only on the seed, the split and i)."""
     from dynrcnn.data import make_synthetic_coco
     from dynrcnn.data.recipes import info_config, recipe_config
 
+    size = (spec.image_size, spec.image_size)
     val = os.path.join(spec.data_dir, "annotations", "instances_val.json")
-    if os.path.isfile(val):
-        with open(val) as f:
-            info = json.load(f).get("info", {}).get("config", {})
-        want = json.loads(json.dumps(info_config(dataclasses.asdict(recipe_config(
-            spec.recipe, image_size=(spec.image_size, spec.image_size), seed=0)))))
-        differ = [f"{k} {info.get(k)!r} (want {v!r})" for k, v in want.items()
-                  if info.get(k) != v]
-        if differ:
-            raise UsageError(f"--data {spec.data_dir} is not the '{spec.recipe}' set at "
-                             f"{spec.image_size} px: {', '.join(differ)}; use another --data")
+    if not os.path.isfile(val):
+        log(f"writing the '{spec.recipe}' data set ({spec.num_train} train, {spec.num_val} "
+            f"val, {spec.num_test} test, {spec.image_size} px) to {spec.data_dir}")
+        start = time.perf_counter()
+        make_synthetic_coco(spec.data_dir, num_train=spec.num_train, num_val=spec.num_val,
+                            num_test=spec.num_test, image_size=size, seed=0, masks=False,
+                            recipe=spec.recipe)
+        log(f"data written in {time.perf_counter() - start:.1f} s")
         return
-    log(f"writing the '{spec.recipe}' data set ({spec.num_train} train, {spec.num_val} val, "
-        f"{spec.image_size} px) to {spec.data_dir}")
-    start = time.perf_counter()
-    make_synthetic_coco(spec.data_dir, num_train=spec.num_train, num_val=spec.num_val,
-                        image_size=(spec.image_size, spec.image_size), seed=0, masks=False,
-                        recipe=spec.recipe)
-    log(f"data written in {time.perf_counter() - start:.1f} s")
+    with open(val) as f:
+        info = json.load(f).get("info", {}).get("config", {})
+    want = json.loads(json.dumps(info_config(dataclasses.asdict(recipe_config(
+        spec.recipe, image_size=size, seed=0)))))
+    differ = [f"{k} {info.get(k)!r} (want {v!r})" for k, v in want.items()
+              if info.get(k) != v]
+    if differ:
+        raise UsageError(f"--data {spec.data_dir} is not the '{spec.recipe}' set at "
+                         f"{spec.image_size} px: {', '.join(differ)}; use another --data")
+    if not os.path.isfile(split_files(spec.data_dir, "test")[1]):
+        log(f"adding the held-out test split ({spec.num_test} images) to {spec.data_dir}")
+        make_synthetic_coco(spec.data_dir, num_test=spec.num_test, image_size=size, seed=0,
+                            masks=False, recipe=spec.recipe, splits=("test",))
 
 
 class StudyLock:
@@ -239,7 +253,7 @@ class Runner:
             finally:
                 for s, handler in old.items():
                     signal.signal(s, handler)
-        return [j for j in self.jobs if j.finished()]
+        return [j for j in self.jobs if j.complete()]
 
     def _check_same_study(self) -> None:
         """out_dir/study.json records the schedule and sizes; a rerun must not change them
@@ -259,7 +273,7 @@ class Runner:
         atomic_write_text(json.dumps(mine, indent=2), path)
 
     def _run_all(self) -> None:
-        todo = [j for j in self.jobs if not j.finished()]
+        todo = [j for j in self.jobs if not j.complete()]
         total = len(self.jobs)
         settings = _INVOCATION_FORMAT.format(todo=len(todo), jobs=self.spec.jobs,
                                              threads=self.spec.threads)
@@ -272,7 +286,8 @@ class Runner:
         while pending or self._running:
             while pending and len(self._running) < self.spec.jobs:
                 job = pending.pop(0)
-                state = "resuming" if job.started() else "starting"
+                state = ("evaluating" if job.finished() else
+                         "resuming" if job.started() else "starting")
                 self.log(f"{state} {job.name} -> {job.run_dir}")
                 self._running[job.name] = self._launch(job)
                 starts[job.name] = time.perf_counter()
@@ -283,16 +298,16 @@ class Runner:
                 del self._running[name]
                 job = jobs_by_name[name]
                 seconds = time.perf_counter() - starts[name]
-                if proc.returncode == 0 and job.finished():
+                if proc.returncode == 0 and job.complete():
                     done_times.append(seconds)
-                    finished = sum(j.finished() for j in self.jobs)
+                    finished = sum(j.complete() for j in self.jobs)
                     self.log(f"done {name} in {seconds:.0f} s ({_metrics_text(job)}); "
                              f"{finished}/{total} finished{self._eta(pending, done_times)}")
                 else:
                     self.failed.append(name)
                     self.log(f"FAILED {name} (exit {proc.returncode}): see "
                              f"{os.path.join(job.run_dir, 'train.log')}")
-        self.log(f"study run over: {sum(j.finished() for j in self.jobs)}/{total} finished, "
+        self.log(f"study run over: {sum(j.complete() for j in self.jobs)}/{total} finished, "
                  f"{len(self.failed)} failed")
 
     def _eta(self, pending: Sequence[Job], done_times: Sequence[float]) -> str:

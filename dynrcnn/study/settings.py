@@ -1,0 +1,91 @@
+"""Test-time RPN settings and the evaluations a study run gets beyond its own (issue 18).
+
+A detector is trained in one proposal setting (the study's protocol) but a user may run it
+in another: the baseline trained with 1000 proposals after NMS 0.85 may do better at test
+time with NMS 0.7. The user's comparison (each detector at its best setting) therefore
+chooses among (training protocol, test setting) pairs, on the val split, and reports the
+choice on the held-out test split. So every finished run is evaluated at each setting of
+`STUDY_SETTINGS` on each held-out split its data set has; those evaluations are cheap
+(~1 min each with one thread) next to training (15-45 min).
+
+Layout in a run directory: `eval_<split>_<setting>/metrics.json`; the trainer's own final
+evaluation (`eval_<iterations>/metrics.json`, val split, the run's own setting) stands for
+(val, its setting) and is not repeated.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from dynrcnn.study.layout import final_metrics_path
+
+# The test-time RPN of each setting: proposals kept per image after NMS, and the NMS IoU.
+TEST_SETTINGS: Dict[str, Dict[str, Any]] = {
+    "300_nms070": {"rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 300,
+                   "rpn_nms_thresh": 0.7},
+    "1000_nms085": {"rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
+                    "rpn_nms_thresh": 0.85},
+    "1000_nms070": {"rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
+                    "rpn_nms_thresh": 0.7},
+}
+SETTING_TEXT = {"300_nms070": "300 @ NMS 0.7", "1000_nms085": "1000 @ NMS 0.85",
+                "1000_nms070": "1000 @ NMS 0.7"}
+# Evaluated for every run of a study: the two protocols' own settings (cpu, paper).
+STUDY_SETTINGS: Tuple[str, ...] = ("300_nms070", "1000_nms085")
+HELD_OUT_SPLITS: Tuple[str, ...] = ("val", "test")
+
+
+def own_setting(model_kwargs: Mapping[str, Any]) -> Optional[str]:
+    """The named setting a run was trained (and evaluated by the trainer) in, from its
+    detector kwargs; None if it is none of TEST_SETTINGS."""
+    for name, values in TEST_SETTINGS.items():
+        if all(model_kwargs.get(k) == v for k, v in values.items()):
+            return name
+    return None
+
+
+def split_files(data_dir: str, split: str) -> Tuple[str, str]:
+    """(images folder, annotation file) of a split in make_synthetic_coco's layout."""
+    return (os.path.join(data_dir, split),
+            os.path.join(data_dir, "annotations", f"instances_{split}.json"))
+
+
+def metrics_path(run_dir: str, config: Any, split: str, setting: str) -> str:
+    """Where the metrics of a run (config: its TrainConfig) on `split` at `setting` are."""
+    if split == "val" and setting == own_setting(config.model_kwargs):
+        return final_metrics_path(run_dir, config.iterations)
+    return os.path.join(run_dir, f"eval_{split}_{setting}", "metrics.json")
+
+
+def planned_evals(config: Any, settings: Tuple[str, ...] = STUDY_SETTINGS
+                  ) -> List[Tuple[str, str]]:
+    """(split, setting) pairs a run of `config` gets: every held-out split its data set has,
+    at every setting."""
+    return [(split, setting) for split in HELD_OUT_SPLITS
+            if os.path.isfile(split_files(config.data_dir, split)[1])
+            for setting in settings]
+
+
+def pending_evals(run_dir: str, config: Any, settings: Tuple[str, ...] = STUDY_SETTINGS
+                  ) -> List[Tuple[str, str]]:
+    """The planned evaluations whose metrics do not exist yet (the trainer's own final
+    evaluation included)."""
+    return [(split, setting) for split, setting in planned_evals(config, settings)
+            if not os.path.isfile(metrics_path(run_dir, config, split, setting))]
+
+
+def evaluate_setting(run_dir: str, config: Any, split: str, setting: str,
+                     weights: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Evaluate the run's final model on `split` at `setting`; writes metrics_path(...)."""
+    from dynrcnn.engine import EvalConfig, run_evaluation
+
+    if setting not in TEST_SETTINGS:
+        raise ValueError(f"unknown test setting {setting!r}; expected one of "
+                         f"{', '.join(TEST_SETTINGS)}")
+    images, ann = split_files(config.data_dir, split)
+    out = os.path.dirname(metrics_path(run_dir, config, split, setting))
+    return run_evaluation(EvalConfig(
+        weights=weights or os.path.join(run_dir, "model_final.pth"), val_images=images,
+        val_ann=ann, model_kwargs=dict(TEST_SETTINGS[setting]), out_dir=out,
+        batch_size=2, num_workers=0, device="cpu", progress=False))

@@ -275,10 +275,14 @@ class Runner:
     def _run_all(self) -> None:
         todo = [j for j in self.jobs if not j.complete()]
         total = len(self.jobs)
-        settings = _INVOCATION_FORMAT.format(todo=len(todo), jobs=self.spec.jobs,
+        # "to run" counts the runs that train (the report reads how they ran from it); runs
+        # that only lack evaluations are counted apart
+        to_train = sum(not j.finished() for j in todo)
+        settings = _INVOCATION_FORMAT.format(todo=to_train, jobs=self.spec.jobs,
                                              threads=self.spec.threads)
+        evals = f", {len(todo) - to_train} to evaluate" if len(todo) > to_train else ""
         self.log(f"study in {self.spec.out_dir}: {total} runs, {total - len(todo)} finished "
-                 f"earlier, {settings}")
+                 f"earlier, {settings}{evals}")
         pending = list(todo)
         starts: Dict[str, float] = {}
         done_times: List[float] = []

@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from dynrcnn.data.recipes import STUDY_RECIPES
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import UsageError
 from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
@@ -51,13 +52,15 @@ DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
 
 
 def default_results(recipe: str, protocol: str) -> str:
-    """study_cpu.md for the main study; study[_paper][_exact]_cpu.md for the others, so a
-    study in another setting never overwrites the main report."""
+    """study_cpu.md for the main study; study[_paper][_<recipe>]_cpu.md for the others
+    (study_exact_cpu.md, study_paper_large_cpu.md, ...), so a study in another setting
+    never overwrites the main report."""
     if (recipe, protocol) == ("study", "cpu"):
         return DEFAULT_RESULTS
-    name = "study" + ("_paper" if protocol == "paper" else "") + \
-        ("_exact" if recipe == "study_exact" else "")
+    name = "study" + ("_paper" if protocol == "paper" else "") + recipe[len("study"):]
     return f"benchmarks/results/{name}_cpu.md"
+
+
 DEFAULT_CURVE_RESULTS = "benchmarks/results/learning_curve_cpu.md"
 
 
@@ -68,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "confidence intervals. Resumable; arms: --list-arms.")
     d = StudySpec(out_dir="", data_dir="")
     p.add_argument("--out", default="runs/study", help="run directories and study.log")
-    p.add_argument("--recipe", default="study", choices=["study", "study_exact"],
+    p.add_argument("--recipe", default="study", choices=list(STUDY_RECIPES),
                    help="study data: 'study' (training boxes jittered by up to 1.5 px, as "
-                   "real labels) or 'study_exact' (the same images, exact training boxes: "
-                   "the label-noise control)")
+                   "real labels), 'study_exact' (the same images, exact training boxes: "
+                   "the label-noise control), 'study_large' / 'study_large_jitter' (a third "
+                   "set: few large objects of 3 classes; exact / 3 px jitter)")
     p.add_argument("--protocol", default=d.protocol, choices=["cpu", "paper"],
                    help="cpu: 300 proposals after RPN NMS 0.7, KI / Kbeta scaled (22 / 3); "
                    "paper: 1000 proposals after NMS 0.85 for every arm, KI 75 / Kbeta 10 "
@@ -216,7 +220,7 @@ def best_vs_best(args: argparse.Namespace, spec: StudySpec, command: str) -> int
         choice = choose(collect(args.best_vs_best, arms, STUDY_SETTINGS), arms)
     except ValueError as exc:
         raise UsageError(f"--best-vs-best: {exc}") from None
-    name = "best_vs_best" + ("_exact" if spec.recipe == "study_exact" else "")
+    name = "best_vs_best" + spec.recipe[len("study"):]
     path = args.results or f"benchmarks/results/{name}_cpu.md"
     text = (f"# Best against best ({spec.recipe} set): each detector at its own best setting"
             f"\n\n- hardware: {hardware()}; torch {torch.__version__}\n- commit: "

@@ -328,3 +328,7 @@ def test_paper_protocol_gives_every_arm_the_papers_rpn_and_k(tmp_path) -> None:
     assert experiment.default_results("study_exact", "cpu").endswith("/study_exact_cpu.md")
     assert experiment.default_results("study_exact", "paper").endswith(
         "/study_paper_exact_cpu.md")
+    assert experiment.default_results("study_large_jitter", "paper").endswith(
+        "/study_paper_large_jitter_cpu.md")
+    args = experiment.build_parser().parse_args(["--recipe", "study_large", "--out", "o"])
+    assert experiment.spec_from_args(args).data_dir == "data/study_large_256"

@@ -159,3 +159,22 @@ def test_held_out_test_split_is_exact_and_can_be_added_later(tmp_path) -> None:
         make_synthetic_coco(str(tmp_path / "bad"), splits=("tset",))
     with pytest.raises(ValueError, match="num_test must be >= 0"):
         make_synthetic_coco(str(tmp_path / "bad"), num_test=-1)
+
+
+def test_third_study_set_differs_where_it_matters(tmp_path) -> None:
+    """Issue 18, point 5: 'study_large' has fewer classes and larger objects than the study
+    set (so many high-IoU proposals per object early), exact labels; its twin jitters them."""
+    stats = {}
+    for recipe in ("study", "study_large"):
+        root = str(tmp_path / recipe)
+        make_synthetic_coco(root, num_train=30, num_val=0, image_size=(256, 256),
+                            masks=False, recipe=recipe)
+        data = annotations(root)
+        sides = sorted((a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in data["annotations"])
+        stats[recipe] = (len(data["categories"]), sides[len(sides) // 2],
+                         len(data["annotations"]) / 30)
+    assert stats["study_large"][0] == 3 < stats["study"][0]
+    assert stats["study_large"][1] > 2 * stats["study"][1]  # median object side
+    assert stats["study_large"][2] < stats["study"][2]  # objects per image
+    assert RECIPES["study_large"]["box_jitter"] == 0.0
+    assert RECIPES["study_large_jitter"] == {**RECIPES["study_large"], "box_jitter": 3.0}

@@ -29,6 +29,29 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+# The classifier's foreground threshold of each variant, from T (see DynamicConfig.variant).
+VARIANTS: Dict[str, str] = {
+    "paper": "the paper's Algorithm 1: classifier and regressor foreground at IoU >= T",
+    "cls_fixed": "classifier foreground at IoU >= min(T, 0.5), regressor's at T",
+    "cls_half": "classifier foreground at IoU >= min(T, (T + 0.5) / 2), regressor's at T",
+}
+# The variant the evidence supports (benchmarks/README.md, issue 18); the paper's until a
+# variant beats it against the best baseline on every data set.
+RECOMMENDED_VARIANT = "paper"
+BASELINE_IOU = 0.5  # Faster R-CNN's foreground threshold, the variants' reference
+
+
+def classifier_threshold(variant: str, iou_thr: Tensor) -> Tensor:
+    """The classifier's foreground IoU threshold under `variant`, given T (a device tensor;
+    no host sync)."""
+    if variant == "paper":
+        return iou_thr
+    if variant == "cls_fixed":
+        return torch.clamp(iou_thr, max=BASELINE_IOU)
+    if variant == "cls_half":
+        return torch.minimum(iou_thr, (iou_thr + BASELINE_IOU) / 2)
+    raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
 
 @dataclass
 class DynamicConfig:
@@ -50,6 +73,12 @@ class DynamicConfig:
         over the proposals PLUS the appended ground-truth copies (IoU 1) and take the
         error's k-th smallest over them too (copies: error 0). Off (default): the paper's
         definition, over the RPN proposals only. Sampling is the same either way.
+    variant: which proposals the classifier is taught to call foreground (issue 18;
+        `VARIANTS`). "paper" (Algorithm 1, the default): IoU >= T for the classifier and the
+        regressor alike. The others keep T (and so DLA's statistics, DSL and the regression
+        foreground) but give the classifier a lower threshold, so that proposals of mid IoU
+        are not taught as background: "cls_fixed" min(T, 0.5), the baseline's;
+        "cls_half" min(T, (T + 0.5) / 2), half way. Sampling follows the classifier's labels.
     """
 
     k_iou: int = 75
@@ -64,8 +93,12 @@ class DynamicConfig:
     update_iou: bool = True
     update_beta: bool = True
     stats_with_gt: bool = False
+    variant: str = "paper"
 
     def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; expected one of "
+                             f"{', '.join(VARIANTS)}")
         if self.k_iou < 1 or self.k_err < 1:
             raise ValueError(f"k_iou and k_err must be >= 1, got {self.k_iou}, {self.k_err}")
         if self.interval < 1:

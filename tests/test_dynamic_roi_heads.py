@@ -165,3 +165,52 @@ def test_mask_targets_use_each_images_own_gt():
         chosen = iou.gather(1, matched[b][pos][:, None])[:, 0]
         assert bool((chosen >= thr - 1e-6).all())
         assert torch.equal(labels[b][pos], t["labels"][matched[b][pos]])
+
+
+@pytest.mark.parametrize("variant,cls_thr", [("cls_fixed", 0.5), ("cls_half", 0.6)])
+def test_variants_label_the_classifier_below_t_and_regress_at_t(variant, cls_thr):
+    """Issue 18's variants at T = 0.7: the classifier's labels (and the sampling) are
+    torchvision's at the variant's lower threshold; only RoIs at IoU >= T (or ground-truth
+    copies) are regressed; the paper's variant regresses every positive."""
+    gen = torch.Generator().manual_seed(13)
+    config = DynamicConfig(init_iou=0.7, iou_floor=0.7, variant=variant)
+    heads = small_heads(config, batch_size_per_image=10_000).train()
+    reference = RoIHeads(heads.box_roi_pool, heads.box_head, heads.box_predictor, cls_thr,
+                         cls_thr, 10_000, 0.99, None, 0.05, 0.5, 100)
+    _, proposals, _, targets = heads_inputs((3, 0, 2), 0.15, gen)
+    *ours, regressed = heads._select_samples([p.clone() for p in proposals], targets)
+    theirs = reference.select_training_samples([p.clone() for p in proposals], targets)
+    checked = 0
+    for b in range(3):
+        rois, matched, labels, reg = (x[b] for x in ours)
+        t_rois, t_matched, t_labels, _ = (x[b] for x in theirs)
+        torch.testing.assert_close(rois, t_rois, rtol=0, atol=0)
+        assert torch.equal(labels, t_labels) and torch.equal(matched, t_matched)
+        if targets[b]["boxes"].shape[0]:
+            iou = box_iou(rois, targets[b]["boxes"]).max(dim=1).values
+            pos = labels > 0
+            assert torch.equal(regressed[b][pos], iou[pos] >= 0.7 - 1e-6)
+            checked += int((pos & ~regressed[b]).sum())
+    assert checked > 0, "some positives between the two thresholds"
+    paper = small_heads(DynamicConfig(init_iou=0.7, iou_floor=0.7)).train()
+    assert paper._select_samples(proposals, targets)[4] is None
+    with pytest.raises(ValueError, match="unknown variant 'bogus'; expected one of paper"):
+        DynamicConfig(variant="bogus")
+
+
+def test_box_loss_counts_only_the_regressed_positives():
+    gen = torch.Generator().manual_seed(14)
+    n, c = 40, NUM_CLASSES
+    logits = torch.randn(n, c, generator=gen)
+    deltas = torch.randn(n, 4 * c, generator=gen)
+    labels = [torch.randint(0, c, (25,), generator=gen), torch.randint(0, c, (15,), generator=gen)]
+    targets = [torch.where((lab > 0)[:, None], torch.randn(len(lab), 4, generator=gen), 0.0)
+               for lab in labels]
+    regressed = [torch.rand(len(lab), generator=gen) > 0.5 for lab in labels]
+    beta = torch.tensor(0.5)
+    cls, box = dynamic_fastrcnn_loss(logits, deltas, labels, targets, beta, regressed)
+    box_labels = [torch.where(r, lab, 0) for lab, r in zip(labels, regressed)]
+    ref_cls, _ = dynamic_fastrcnn_loss(logits, deltas, labels, targets, beta)
+    _, ref_box = dynamic_fastrcnn_loss(logits, deltas, box_labels, targets, beta)
+    torch.testing.assert_close(cls, ref_cls, rtol=0, atol=0)
+    torch.testing.assert_close(box, ref_box, rtol=0, atol=0)

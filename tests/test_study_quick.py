@@ -139,8 +139,7 @@ def test_archived_run_is_retrained_for_evaluations_it_lacks(quick_study, tmp_pat
         json.dump({**recorded, "data_dir": os.path.join(fresh, "data")}, f)
     assert experiment.main(["--quick", "--out", fresh]) == 0
     log = read(os.path.join(fresh, "study.log")).split("study in ")[-1]
-    assert "3 finished earlier, 0 to run" in log and "1 to evaluate" in log
-    assert "evaluating baseline seed 0" in log
+    assert "3 finished earlier, 1 to run" in log and "retraining baseline seed 0" in log
     assert os.path.isfile(os.path.join(run_dir, "eval_test_1000_nms085", "metrics.json"))
     assert read(os.path.join(run_dir, "eval_0000004", "metrics.json")) == final
     assert "WARNING" not in read(os.path.join(run_dir, "train.log"))

@@ -32,7 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 
-from dynrcnn.dynamic import DynamicConfig, DynamicState, MatchDiagnostics
+from dynrcnn.dynamic import (
+    DynamicConfig,
+    DynamicState,
+    MatchDiagnostics,
+    classifier_threshold,
+)
 from dynrcnn.modeling._utils import check_target_types
 from dynrcnn.ops import MatchResult, dynamic_match, dynamic_smooth_l1, splits_from_counts
 
@@ -45,6 +50,7 @@ def dynamic_fastrcnn_loss(
     labels: List[Tensor],
     regression_targets: List[Tensor],
     beta: Tensor,
+    regression_positive: Optional[List[Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
     """torchvision's fastrcnn_loss with SmoothL1's beta a device tensor (Dynamic SmoothL1).
 
@@ -55,7 +61,9 @@ def dynamic_fastrcnn_loss(
     Instead of compacting the positives with torch.where (a host sync), every RoI's deltas
     are gathered and the negatives get weight 0, so this path never waits for the device.
     `regression_targets` must therefore be finite for negatives too
-    (DynamicRoIHeads.select_training_samples sets them to 0).
+    (DynamicRoIHeads.select_training_samples sets them to 0). regression_positive (per
+    image, bool per RoI): the positives whose box is regressed, when they are fewer than the
+    classifier's (DynamicConfig.variant); None: every positive.
     """
     labels_all = torch.cat(labels, dim=0)
     targets = torch.cat(regression_targets, dim=0)
@@ -65,7 +73,10 @@ def dynamic_fastrcnn_loss(
     deltas = box_regression.reshape(n, -1, 4)
     cls_index = labels_all if deltas.shape[1] > 1 else torch.zeros_like(labels_all)
     pred = deltas.gather(1, cls_index.view(n, 1, 1).expand(n, 1, 4)).reshape(n, 4)
-    weight = (labels_all > 0).to(pred.dtype).unsqueeze(1).expand(n, 4).contiguous()
+    positive = labels_all > 0
+    if regression_positive is not None:
+        positive = positive & torch.cat(regression_positive, dim=0)
+    weight = positive.to(pred.dtype).unsqueeze(1).expand(n, 4).contiguous()
     box_loss = dynamic_smooth_l1(pred, targets.to(pred.dtype), beta, weight=weight,
                                  reduction="sum")
     return classification_loss, box_loss / labels_all.numel()
@@ -192,6 +203,16 @@ class DynamicRoIHeads(RoIHeads):
         image (0 for background RoIs, as torchvision), its class label (0 = background) and
         its regression target (0 for negatives and for ground-truth copies).
         """
+        return self._select_samples(proposals, targets)[:4]
+
+    def _select_samples(
+        self,
+        proposals: List[Tensor],
+        targets: Optional[Targets],
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor],
+               Optional[List[Tensor]]]:
+        """select_training_samples, plus which positives are regressed (per image; None when
+        all are: the paper's variant)."""
         self.check_targets(targets)
         if targets is None:  # for type checkers; check_targets raised already
             raise ValueError("targets should not be None")
@@ -202,17 +223,29 @@ class DynamicRoIHeads(RoIHeads):
 
         match = self.match_proposals(proposals, gt_boxes)
 
-        # Class of each proposal: its ground truth's label where IoU >= T, else 0. Images
-        # without ground truth have matched index -1, which reads the trailing 0.
+        # Class of each proposal: its ground truth's label where IoU >= T (the classifier's
+        # threshold of the variant), else 0. Images without ground truth have matched index
+        # -1, which reads the trailing 0.
+        variant = self.dynamic_state.config.variant
         label_table = torch.cat(gt_labels + [torch.zeros(1, dtype=torch.int64, device=device)])
-        prop_labels = (label_table[match.matched_idxs] * match.labels).split(num_props)
+        foreground = match.labels
+        regressed: Optional[List[Tensor]] = None
+        if variant != "paper":
+            cls_thr = classifier_threshold(variant, self.dynamic_state.iou_thr)
+            foreground = ((match.max_iou >= cls_thr) & (match.matched_idxs >= 0)).to(
+                match.labels.dtype)
+            regressed = match.labels.bool().split(num_props)
+        prop_labels = (label_table[match.matched_idxs] * foreground).split(num_props)
         prop_matched = match.matched_idxs.split(num_props)
 
-        boxes, labels, matched, is_copy = [], [], [], []
+        boxes, labels, matched, is_copy, reg_ok = [], [], [], [], []
         offset = 0
         for b, (props, gts) in enumerate(zip(proposals, gt_boxes)):
             n, g = props.shape[0], gts.shape[0]
             boxes.append(torch.cat([props, gts]))
+            if regressed is not None:  # ground-truth copies (IoU 1) are regressed
+                reg_ok.append(torch.cat([regressed[b],
+                                         torch.ones(g, dtype=torch.bool, device=device)]))
             labels.append(torch.cat([prop_labels[b], gt_labels[b].to(torch.int64)]))
             # torchvision's convention: a background RoI's matched index is 0
             local = torch.where(prop_labels[b] > 0, prop_matched[b] - offset, 0)
@@ -228,6 +261,8 @@ class DynamicRoIHeads(RoIHeads):
             labels[b] = labels[b][inds]
             matched[b] = matched[b][inds]
             is_copy[b] = is_copy[b][inds]
+            if regressed is not None:
+                reg_ok[b] = reg_ok[b][inds]
             gts = gt_boxes[b] if gt_boxes[b].shape[0] > 0 else rois[b].new_zeros((1, 4))
             matched_gt.append(gts[matched[b]])
 
@@ -236,7 +271,8 @@ class DynamicRoIHeads(RoIHeads):
             torch.where(((lab > 0) & ~copy).unsqueeze(1), t, torch.zeros_like(t))
             for t, lab, copy in zip(encoded, labels, is_copy)
         ]
-        return rois, matched, labels, regression_targets
+        return rois, matched, labels, regression_targets, (reg_ok if regressed is not None
+                                                            else None)
 
     def forward(
         self,
@@ -254,13 +290,14 @@ class DynamicRoIHeads(RoIHeads):
         # beta as it was before this iteration's record (which may update it), so that T
         # and beta come from the same point of the schedule, as in mmdetection.
         beta = self.dynamic_state.beta.clone()
-        rois, matched_idxs, labels, regression_targets = self.select_training_samples(
-            proposals, targets)
+        rois, matched_idxs, labels, regression_targets, regression_positive = \
+            self._select_samples(proposals, targets)
 
         box_features = self.box_head(self.box_roi_pool(features, rois, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         loss_classifier, loss_box_reg = dynamic_fastrcnn_loss(
-            class_logits, box_regression, labels, regression_targets, beta)
+            class_logits, box_regression, labels, regression_targets, beta,
+            regression_positive)
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if self.has_mask():
             losses["loss_mask"] = self._mask_loss(

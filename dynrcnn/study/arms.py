@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from dynrcnn.dynamic import VARIANTS
+
 PAPER_PROPOSALS = 1000  # RPN proposals per image in the authors' training
 PROPOSALS = 300  # rpn_post_nms_top_n_train of the CPU setting
 COMMON_MODEL: Dict[str, Any] = {"rpn_nms_thresh": 0.7}
@@ -140,6 +142,11 @@ def _arms() -> Tuple[Arm, ...]:
             interval_factor=0.5, variant_of="dla_dsl"),
         Arm("c_double", "control", "DLA + DSL, C doubled", interval_factor=2.0,
             variant_of="dla_dsl"),
+        # issue 18's variants of DLA + DSL (DynamicConfig.variant): the classifier's
+        # foreground below T, the regressor's at T
+        *(Arm(f"var_{v}", "variant", f"DLA + DSL, variant {v!r}: {VARIANTS[v]}",
+              dynamic={"variant": v}, variant_of="dla_dsl")
+          for v in VARIANTS if v != "paper"),
         # paired with the baseline at the same (doubled) schedule, not the 1x baseline
         Arm("dla_dsl_2x", "control", "DLA + DSL, twice the schedule", schedule=2.0,
             reference="baseline_2x"),

@@ -107,6 +107,12 @@ class Job:
         """Finished, and evaluated at every test setting on every held-out split."""
         return self.finished() and not pending_evals(self.run_dir, self.config)
 
+    def trains(self) -> bool:
+        """Whether running this job trains: unfinished, or finished without its final
+        checkpoint (an archived run that lacks evaluations is trained again)."""
+        return not self.finished() or not os.path.isfile(
+            os.path.join(self.run_dir, "model_final.pth"))
+
     def started(self) -> bool:
         return bool(glob.glob(os.path.join(self.run_dir, "model_*.pth")))
 
@@ -277,7 +283,7 @@ class Runner:
         total = len(self.jobs)
         # "to run" counts the runs that train (the report reads how they ran from it); runs
         # that only lack evaluations are counted apart
-        to_train = sum(not j.finished() for j in todo)
+        to_train = sum(j.trains() for j in todo)
         settings = _INVOCATION_FORMAT.format(todo=to_train, jobs=self.spec.jobs,
                                              threads=self.spec.threads)
         evals = f", {len(todo) - to_train} to evaluate" if len(todo) > to_train else ""
@@ -290,7 +296,8 @@ class Runner:
         while pending or self._running:
             while pending and len(self._running) < self.spec.jobs:
                 job = pending.pop(0)
-                state = ("evaluating" if job.finished() else
+                state = ("retraining" if job.finished() and job.trains() else
+                         "evaluating" if job.finished() else
                          "resuming" if job.started() else "starting")
                 self.log(f"{state} {job.name} -> {job.run_dir}")
                 self._running[job.name] = self._launch(job)

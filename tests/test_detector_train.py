@@ -79,3 +79,18 @@ def test_resnet50_train_step(arch):
     losses = train_step(model, images, targets)
     assert set(losses) == expected_loss_keys(arch)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("variant", ["cls_fixed", "cls_half", "cls_soft"])
+@pytest.mark.parametrize("arch", ["dynamic_rcnn", "dynamic_mask_rcnn"])
+def test_train_step_of_each_variant(arch, variant):
+    """Issue 18's variants train end to end (T raised so that they differ from the paper)."""
+    from dynrcnn.dynamic import DynamicConfig
+
+    model = build(arch, dynamic=DynamicConfig(init_iou=0.6, iou_floor=0.6, variant=variant))
+    images, targets = make_batch((3, 0), seed=2)
+    losses = train_step(model, images, targets)
+    assert set(losses) == expected_loss_keys(arch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)

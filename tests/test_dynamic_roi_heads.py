@@ -167,7 +167,8 @@ def test_mask_targets_use_each_images_own_gt():
         assert torch.equal(labels[b][pos], t["labels"][matched[b][pos]])
 
 
-@pytest.mark.parametrize("variant,cls_thr", [("cls_fixed", 0.5), ("cls_half", 0.6)])
+@pytest.mark.parametrize("variant,cls_thr", [("cls_fixed", 0.5), ("cls_half", 0.6),
+                                             ("cls_soft", 0.5)])
 def test_variants_label_the_classifier_below_t_and_regress_at_t(variant, cls_thr):
     """Issue 18's variants at T = 0.7: the classifier's labels (and the sampling) are
     torchvision's at the variant's lower threshold; only RoIs at IoU >= T (or ground-truth
@@ -178,7 +179,9 @@ def test_variants_label_the_classifier_below_t_and_regress_at_t(variant, cls_thr
     reference = RoIHeads(heads.box_roi_pool, heads.box_head, heads.box_predictor, cls_thr,
                          cls_thr, 10_000, 0.99, None, 0.05, 0.5, 100)
     _, proposals, _, targets = heads_inputs((3, 0, 2), 0.15, gen)
-    *ours, regressed = heads._select_samples([p.clone() for p in proposals], targets)
+    *ours, extra = heads._select_samples([p.clone() for p in proposals], targets)
+    regressed = extra.regressed
+    assert (extra.class_weight is not None) == (variant == "cls_soft")
     theirs = reference.select_training_samples([p.clone() for p in proposals], targets)
     checked = 0
     for b in range(3):
@@ -191,6 +194,9 @@ def test_variants_label_the_classifier_below_t_and_regress_at_t(variant, cls_thr
             pos = labels > 0
             assert torch.equal(regressed[b][pos], iou[pos] >= 0.7 - 1e-6)
             checked += int((pos & ~regressed[b]).sum())
+            if extra.class_weight is not None:  # 0 at 0.5 rising to 1 at T = 0.7
+                want = torch.where(pos, ((iou - 0.5) / 0.2).clamp(0, 1), 1.0)
+                torch.testing.assert_close(extra.class_weight[b], want, rtol=0, atol=1e-5)
     assert checked > 0, "some positives between the two thresholds"
     paper = small_heads(DynamicConfig(init_iou=0.7, iou_floor=0.7)).train()
     assert paper._select_samples(proposals, targets)[4] is None
@@ -209,6 +215,19 @@ def test_box_loss_counts_only_the_regressed_positives():
     regressed = [torch.rand(len(lab), generator=gen) > 0.5 for lab in labels]
     beta = torch.tensor(0.5)
     cls, box = dynamic_fastrcnn_loss(logits, deltas, labels, targets, beta, regressed)
+    # soft classification targets: all weights 1 is plain cross entropy; weight w puts w on
+    # the class and 1 - w on background
+    hard = [torch.ones(len(lab)) for lab in labels]
+    soft_cls, _ = dynamic_fastrcnn_loss(logits, deltas, labels, targets, beta, None, hard)
+    torch.testing.assert_close(soft_cls, torch.nn.functional.cross_entropy(
+        logits, torch.cat(labels)), rtol=1e-6, atol=1e-7)
+    w = [torch.rand(len(lab), generator=gen) for lab in labels]
+    soft_cls, _ = dynamic_fastrcnn_loss(logits, deltas, labels, targets, beta, None, w)
+    target = torch.zeros(n, c)
+    target[torch.arange(n), torch.cat(labels)] += torch.cat(w)
+    target[:, 0] += 1 - torch.cat(w)
+    torch.testing.assert_close(soft_cls, torch.nn.functional.cross_entropy(logits, target),
+                               rtol=1e-6, atol=1e-7)
     box_labels = [torch.where(r, lab, 0) for lab, r in zip(labels, regressed)]
     ref_cls, _ = dynamic_fastrcnn_loss(logits, deltas, labels, targets, beta)
     _, ref_box = dynamic_fastrcnn_loss(logits, deltas, box_labels, targets, beta)

@@ -25,7 +25,7 @@ R-CNN does at test time and both give identical detections with identical weight
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ def dynamic_fastrcnn_loss(
     regression_targets: List[Tensor],
     beta: Tensor,
     regression_positive: Optional[List[Tensor]] = None,
+    class_weight: Optional[List[Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
     """torchvision's fastrcnn_loss with SmoothL1's beta a device tensor (Dynamic SmoothL1).
 
@@ -63,11 +64,19 @@ def dynamic_fastrcnn_loss(
     `regression_targets` must therefore be finite for negatives too
     (DynamicRoIHeads.select_training_samples sets them to 0). regression_positive (per
     image, bool per RoI): the positives whose box is regressed, when they are fewer than the
-    classifier's (DynamicConfig.variant); None: every positive.
+    classifier's (DynamicConfig.variant); None: every positive. class_weight (per image,
+    per RoI, in [0, 1]): soft classification targets, weight on the RoI's class and the rest
+    on background (1: the hard label; None: all hard, plain cross entropy).
     """
     labels_all = torch.cat(labels, dim=0)
     targets = torch.cat(regression_targets, dim=0)
-    classification_loss = F.cross_entropy(class_logits, labels_all)
+    if class_weight is None:
+        classification_loss = F.cross_entropy(class_logits, labels_all)
+    else:
+        log_p = F.log_softmax(class_logits, dim=1)
+        w = torch.cat(class_weight, dim=0).to(log_p.dtype)
+        own = log_p.gather(1, labels_all.unsqueeze(1)).squeeze(1)
+        classification_loss = -(w * own + (1 - w) * log_p[:, 0]).mean()
 
     n = class_logits.shape[0]
     deltas = box_regression.reshape(n, -1, 4)
@@ -80,6 +89,15 @@ def dynamic_fastrcnn_loss(
     box_loss = dynamic_smooth_l1(pred, targets.to(pred.dtype), beta, weight=weight,
                                  reduction="sum")
     return classification_loss, box_loss / labels_all.numel()
+
+
+class VariantTargets(NamedTuple):
+    """What a DynamicConfig.variant other than the paper's adds to the sampled RoIs, per
+    image: which positives are regressed (IoU >= T, or ground-truth copies) and, for
+    "cls_soft", each RoI's class weight (None otherwise)."""
+
+    regressed: List[Tensor]
+    class_weight: Optional[List[Tensor]]
 
 
 def _proposal_rows(num_props: List[int], num_gts: List[int], device: torch.device) -> Tensor:
@@ -211,8 +229,8 @@ class DynamicRoIHeads(RoIHeads):
         targets: Optional[Targets],
     ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor],
                Optional[List[Tensor]]]:
-        """select_training_samples, plus which positives are regressed (per image; None when
-        all are: the paper's variant)."""
+        """select_training_samples, plus the variant's extra targets (VariantTargets; None
+        for the paper's variant)."""
         self.check_targets(targets)
         if targets is None:  # for type checkers; check_targets raised already
             raise ValueError("targets should not be None")
@@ -230,15 +248,20 @@ class DynamicRoIHeads(RoIHeads):
         label_table = torch.cat(gt_labels + [torch.zeros(1, dtype=torch.int64, device=device)])
         foreground = match.labels
         regressed: Optional[List[Tensor]] = None
+        soft: Optional[List[Tensor]] = None
         if variant != "paper":
-            cls_thr = classifier_threshold(variant, self.dynamic_state.iou_thr)
+            iou_thr = self.dynamic_state.iou_thr
+            cls_thr = classifier_threshold(variant, iou_thr)
             foreground = ((match.max_iou >= cls_thr) & (match.matched_idxs >= 0)).to(
                 match.labels.dtype)
             regressed = match.labels.bool().split(num_props)
+            if variant == "cls_soft":  # weight 0 at cls_thr rising to 1 at T
+                span = (iou_thr - cls_thr).clamp(min=1e-6)
+                soft = ((match.max_iou - cls_thr) / span).clamp(0.0, 1.0).split(num_props)
         prop_labels = (label_table[match.matched_idxs] * foreground).split(num_props)
         prop_matched = match.matched_idxs.split(num_props)
 
-        boxes, labels, matched, is_copy, reg_ok = [], [], [], [], []
+        boxes, labels, matched, is_copy, reg_ok, weights = [], [], [], [], [], []
         offset = 0
         for b, (props, gts) in enumerate(zip(proposals, gt_boxes)):
             n, g = props.shape[0], gts.shape[0]
@@ -246,6 +269,9 @@ class DynamicRoIHeads(RoIHeads):
             if regressed is not None:  # ground-truth copies (IoU 1) are regressed
                 reg_ok.append(torch.cat([regressed[b],
                                          torch.ones(g, dtype=torch.bool, device=device)]))
+            if soft is not None:  # and hard positives
+                weights.append(torch.cat([soft[b], torch.ones(g, dtype=soft[b].dtype,
+                                                              device=device)]))
             labels.append(torch.cat([prop_labels[b], gt_labels[b].to(torch.int64)]))
             # torchvision's convention: a background RoI's matched index is 0
             local = torch.where(prop_labels[b] > 0, prop_matched[b] - offset, 0)
@@ -263,6 +289,8 @@ class DynamicRoIHeads(RoIHeads):
             is_copy[b] = is_copy[b][inds]
             if regressed is not None:
                 reg_ok[b] = reg_ok[b][inds]
+            if soft is not None:  # negatives: weight 1 on background, their label
+                weights[b] = torch.where(labels[b] > 0, weights[b][inds], 1.0)
             gts = gt_boxes[b] if gt_boxes[b].shape[0] > 0 else rois[b].new_zeros((1, 4))
             matched_gt.append(gts[matched[b]])
 
@@ -271,8 +299,9 @@ class DynamicRoIHeads(RoIHeads):
             torch.where(((lab > 0) & ~copy).unsqueeze(1), t, torch.zeros_like(t))
             for t, lab, copy in zip(encoded, labels, is_copy)
         ]
-        return rois, matched, labels, regression_targets, (reg_ok if regressed is not None
-                                                            else None)
+        extra = None if regressed is None else VariantTargets(
+            reg_ok, weights if soft is not None else None)
+        return rois, matched, labels, regression_targets, extra
 
     def forward(
         self,
@@ -290,14 +319,15 @@ class DynamicRoIHeads(RoIHeads):
         # beta as it was before this iteration's record (which may update it), so that T
         # and beta come from the same point of the schedule, as in mmdetection.
         beta = self.dynamic_state.beta.clone()
-        rois, matched_idxs, labels, regression_targets, regression_positive = \
+        rois, matched_idxs, labels, regression_targets, extra = \
             self._select_samples(proposals, targets)
 
         box_features = self.box_head(self.box_roi_pool(features, rois, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         loss_classifier, loss_box_reg = dynamic_fastrcnn_loss(
             class_logits, box_regression, labels, regression_targets, beta,
-            regression_positive)
+            None if extra is None else extra.regressed,
+            None if extra is None else extra.class_weight)
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if self.has_mask():
             losses["loss_mask"] = self._mask_loss(

@@ -191,9 +191,11 @@ def run(args: argparse.Namespace, command: str) -> int:
         runner.run()
         failed = runner.failed
     info: dict[str, Any] = dataclasses.asdict(spec)
-    if args.report_only:  # the header states how the runs ran, not this command's flags
-        info.update(recorded_run_settings(spec.out_dir) or
-                    {"jobs": "unrecorded", "threads": "unrecorded"})
+    # the header states how the runs were trained (study.log), not this command's flags: an
+    # invocation that only evaluated, or only reports, trained nothing
+    recorded = recorded_run_settings(spec.out_dir)
+    if recorded or args.report_only:
+        info.update(recorded or {"jobs": "unrecorded", "threads": "unrecorded"})
     text = report_study(jobs, results, info, command)
     archive = os.path.splitext(results)[0] + "_runs"
     archived = archive_runs(jobs, spec.out_dir, archive)

@@ -233,3 +233,33 @@ def test_box_loss_counts_only_the_regressed_positives():
     _, ref_box = dynamic_fastrcnn_loss(logits, deltas, box_labels, targets, beta)
     torch.testing.assert_close(cls, ref_cls, rtol=0, atol=0)
     torch.testing.assert_close(box, ref_box, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["cls_fixed", "cls_half", "cls_soft"])
+def test_variants_equal_the_paper_while_t_is_at_most_one_half(variant):
+    """Until T passes 0.5 a variant is the paper's algorithm bit for bit: the same labels,
+    every positive regressed, hard targets, the same losses."""
+    gen = torch.Generator().manual_seed(15)
+    _, proposals, _, targets = heads_inputs((3, 0, 2), 0.15, gen)
+    config = dict(init_iou=0.4165385663509369, iou_floor=0.4)
+    paper = small_heads(DynamicConfig(**config), batch_size_per_image=10_000).train()
+    heads = small_heads(DynamicConfig(**config, variant=variant),
+                        batch_size_per_image=10_000).train()
+    *ours, extra = heads._select_samples([p.clone() for p in proposals], targets)
+    *theirs, none = paper._select_samples([p.clone() for p in proposals], targets)
+    assert none is None
+    for mine, ref in zip(ours, theirs):
+        for a, b in zip(mine, ref):
+            assert torch.equal(a, b)
+    for lab, reg in zip(ours[2], extra.regressed):
+        assert bool(reg[lab > 0].all())
+    if extra.class_weight is not None:
+        assert all(bool((w == 1).all()) for w in extra.class_weight)
+    logits = torch.randn(sum(len(x) for x in ours[2]), NUM_CLASSES, generator=gen)
+    deltas = torch.randn(len(logits), 4 * NUM_CLASSES, generator=gen)
+    beta = torch.tensor(0.3)
+    want = dynamic_fastrcnn_loss(logits, deltas, ours[2], ours[3], beta)
+    got = dynamic_fastrcnn_loss(logits, deltas, ours[2], ours[3], beta, extra.regressed,
+                                extra.class_weight)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -70,13 +70,17 @@ def dynamic_fastrcnn_loss(
     """
     labels_all = torch.cat(labels, dim=0)
     targets = torch.cat(regression_targets, dim=0)
-    if class_weight is None:
-        classification_loss = F.cross_entropy(class_logits, labels_all)
-    else:
+    classification_loss = F.cross_entropy(class_logits, labels_all)
+    if class_weight is not None:
+        # -(w log p_class + (1 - w) log p_bg) = CE + (1 - w)(log p_class - log p_bg): added
+        # as a correction that is exactly 0 where w = 1, so all-hard targets give plain
+        # cross entropy bit for bit (and no inf - inf where a probability underflows)
         log_p = F.log_softmax(class_logits, dim=1)
         w = torch.cat(class_weight, dim=0).to(log_p.dtype)
         own = log_p.gather(1, labels_all.unsqueeze(1)).squeeze(1)
-        classification_loss = -(w * own + (1 - w) * log_p[:, 0]).mean()
+        soft = w < 1
+        correction = torch.where(soft, (1 - w) * (own - log_p[:, 0]), torch.zeros_like(w))
+        classification_loss = classification_loss + correction.mean()
 
     n = class_logits.shape[0]
     deltas = box_regression.reshape(n, -1, 4)
@@ -252,12 +256,18 @@ class DynamicRoIHeads(RoIHeads):
         if variant != "paper":
             iou_thr = self.dynamic_state.iou_thr
             cls_thr = classifier_threshold(variant, iou_thr)
-            foreground = ((match.max_iou >= cls_thr) & (match.matched_idxs >= 0)).to(
-                match.labels.dtype)
+            # While the classifier's threshold is T itself (T <= 0.5), the fused op's labels
+            # decide (it compares IoU at its own precision), so that a variant trains
+            # exactly as the paper's algorithm until T passes 0.5.
+            at_t = cls_thr >= iou_thr
+            lower = (match.max_iou >= cls_thr) & (match.matched_idxs >= 0)
+            foreground = torch.where(at_t, match.labels.bool(), lower).to(match.labels.dtype)
             regressed = match.labels.bool().split(num_props)
             if variant == "cls_soft":  # weight 0 at cls_thr rising to 1 at T
                 span = (iou_thr - cls_thr).clamp(min=1e-6)
-                soft = ((match.max_iou - cls_thr) / span).clamp(0.0, 1.0).split(num_props)
+                ramp = ((match.max_iou - cls_thr) / span).clamp(0.0, 1.0)
+                soft = torch.where(at_t | match.labels.bool(), torch.ones_like(ramp),
+                                   ramp).split(num_props)
         prop_labels = (label_table[match.matched_idxs] * foreground).split(num_props)
         prop_matched = match.matched_idxs.split(num_props)
 

@@ -22,9 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from dynrcnn.study.arms import BASELINE
 from dynrcnn.study.layout import JOB_FILE
 from dynrcnn.study.settings import SETTING_TEXT, metrics_path, own_setting
-from dynrcnn.study.stats import paired_difference
-
-COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
+from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference
 
 
 @dataclass
@@ -143,7 +141,6 @@ def choice_report(choice: Choice, reference: str = BASELINE) -> str:
                 diff = paired_difference(
                     {s: c.metrics["test"][s][col] for s in seeds},
                     {s: ref.metrics["test"][s][col] for s in seeds})
-                cells.append("-" if diff is None else
-                             diff.text() + (" *" if diff.excludes_zero else ""))
+                cells.append(diff_cell(diff))
             lines.append(f"| {arm} - {reference} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from dynrcnn.study.stats import COLUMNS
+
 BANDS: Tuple[Tuple[float, float], ...] = ((0.5, 0.65), (0.65, 0.8), (0.8, 1.01))
 RECALL_IOUS: Tuple[float, ...] = (0.5, 0.7, 0.9)
 
@@ -160,8 +162,7 @@ def diagnose_pair(models: Sequence[nn.Module], names: Tuple[str, str], dataset: 
                 props[names[r]][0] += len(proposals[0])
     for key, res in results.items():
         bbox = coco_evaluate(dataset.coco, res, "bbox", image_ids)
-        diag.swap[key] = {k: 100.0 * v for k, v in bbox.items()
-                          if k in ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")}
+        diag.swap[key] = {k: 100.0 * v for k, v in bbox.items() if k in COLUMNS}
     for name in names:
         diag.bands[name] = {
             band_name(b): {"proposals": sums[(name, b)].count,
@@ -186,9 +187,7 @@ def _ratio(a: float, b: float) -> float:
 def _count_recall(found: Dict[Tuple[str, float], int], name: str, det: Dict[str, Tensor],
                   target: Dict[str, Tensor]) -> None:
     gt, labels = target["boxes"], target["labels"]
-    if not len(gt):
-        return
-    if not len(det["boxes"]):
+    if not len(gt) or not len(det["boxes"]):
         return
     iou = box_iou(gt, det["boxes"])
     iou[labels[:, None] != det["labels"][None, :]] = 0.0  # the right class only
@@ -206,10 +205,10 @@ def diagnosis_report(diags: Sequence[Diagnosis], seeds: Sequence[int]) -> str:
     """Markdown over the seeds' diagnoses (one pair each, same names): the swap table with
     paired differences to the first model's own pipeline, scores and refined IoU per band,
     recall, proposals per image."""
-    from dynrcnn.study.stats import paired_difference
+    from dynrcnn.study.stats import diff_cell, paired_difference
 
+    cols = COLUMNS
     a, b = diags[0].names
-    cols = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
     lines = [f"Seeds {', '.join(map(str, seeds))}; {diags[0].images} images, "
              f"{diags[0].objects} objects per seed.", "",
              "### Exchanging the classifier and the regressor (same proposals)", "",
@@ -226,8 +225,7 @@ def diagnosis_report(diags: Sequence[Diagnosis], seeds: Sequence[int]) -> str:
             for c in cols:
                 diff = paired_difference({s: d.swap[key][c] for s, d in zip(seeds, diags)},
                                          {s: d.swap[ref][c] for s, d in zip(seeds, diags)})
-                cells.append("-" if diff is None else diff.text() +
-                             (" *" if diff.excludes_zero else ""))
+                cells.append(diff_cell(diff))
             lines.append("| (difference) | " + " | ".join(cells) + " |")
     lines += ["", f"### The classifiers and regressors on the same proposals (rpn {a})", "",
               "Per band of the proposal's best IoU with an object: proposals per image, the "

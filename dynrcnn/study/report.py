@@ -18,9 +18,8 @@ from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
 from dynrcnn.study.figures import plot_dynamics, read_logs
 from dynrcnn.study.layout import final_metrics_path
-from dynrcnn.study.stats import paired_difference, summarize
+from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference, summarize
 
-COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 DIAGNOSTICS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou")
 EARLY_FRACTION = 0.1  # "early proposals": the logged windows of the first 10% of a run
 
@@ -110,8 +109,7 @@ def paired_table(results: Sequence[RunResult], pairs: Sequence[Tuple[str, str]])
         for c in COLUMNS:
             diff = paired_difference({r.seed: r.metrics[c] for r in groups[arm]},
                                      {r.seed: r.metrics[c] for r in groups[ref]})
-            cells.append("-" if diff is None else
-                         diff.text() + (" *" if diff.excludes_zero else ""))
+            cells.append(diff_cell(diff))
         lines.append(f"| {arm} - {ref} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 

@@ -12,6 +12,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
+# The AP columns every study table reports (COCO AP and AP at IoU 0.5 .. 0.9).
+COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 # 0.975 quantile of Student's t with df = 1..30 degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
@@ -84,6 +86,14 @@ def paired_difference(arm: Mapping[int, float], baseline: Mapping[int, float]
         return PairedDiff(1, mean, None, None)
     half = t_quantile_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return PairedDiff(len(diffs), mean, mean - half, mean + half)
+
+
+def diff_cell(diff: Optional[PairedDiff]) -> str:
+    """A table cell for a paired difference: "-" without pairs, else its text, with " *"
+    when the interval excludes 0."""
+    if diff is None:
+        return "-"
+    return diff.text() + (" *" if diff.excludes_zero else "")
 
 
 def pick_schedule(ap_by_iterations: Mapping[int, float], min_gain: float = 2.0

@@ -51,13 +51,14 @@ from dynrcnn.study.runner import recorded_run_settings
 DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"
 
 
-def default_results(recipe: str, protocol: str) -> str:
-    """study_cpu.md for the main study; study[_paper][_<recipe>]_cpu.md for the others
-    (study_exact_cpu.md, study_paper_large_cpu.md, ...), so a study in another setting
-    never overwrites the main report."""
-    if (recipe, protocol) == ("study", "cpu"):
+def default_results(recipe: str, protocol: str, fine_tuned: bool = False) -> str:
+    """study_cpu.md for the main study; study[_paper][_<recipe>][_finetune]_cpu.md for the
+    others (study_exact_cpu.md, study_paper_large_cpu.md, ...), so a study in another
+    setting never overwrites the main report."""
+    if (recipe, protocol, fine_tuned) == ("study", "cpu", False):
         return DEFAULT_RESULTS
-    name = "study" + ("_paper" if protocol == "paper" else "") + recipe[len("study"):]
+    name = ("study" + ("_paper" if protocol == "paper" else "") + recipe[len("study"):]
+            + ("_finetune" if fine_tuned else ""))
     return f"benchmarks/results/{name}_cpu.md"
 
 
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images of the study set (default %(default)s)")
     p.add_argument("--num-test", type=int, default=d.num_test,
                    help="held-out test images of the study set (default %(default)s)")
+    p.add_argument("--init-weights", default=None, metavar="CHECKPOINT",
+                   help="the fine-tuning regime: every run starts from this detector "
+                   "checkpoint, e.g. runs/study_paper_large/baseline/seed{seed}/"
+                   "model_final.pth ('{seed}' becomes the run's seed, so each pair shares "
+                   "its source); layers whose class count differs are re-initialized")
     p.add_argument("--best-vs-best", nargs="+", metavar="STUDY_DIR", default=None,
                    help="no training: each --arms arm at its best (training protocol, test "
                    "setting), chosen on val among these studies' runs, reported on test")
@@ -122,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 def spec_from_args(args: argparse.Namespace) -> StudySpec:
     if args.quick:
         spec = quick_spec(args.out)
-        return dataclasses.replace(spec, jobs=args.jobs, threads=args.threads)
+        return dataclasses.replace(spec, jobs=args.jobs, threads=args.threads,
+                                   init_weights=args.init_weights)
     return StudySpec(out_dir=args.out,
                      data_dir=args.data or f"data/{args.recipe}_{args.image_size}",
                      recipe=args.recipe, arms=args.arms, iterations=args.iterations,
@@ -130,7 +137,8 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
                      image_size=args.image_size, core_seeds=args.core_seeds,
                      other_seeds=args.other_seeds, jobs=args.jobs, threads=args.threads,
                      num_train=args.num_train, num_val=args.num_val,
-                     num_test=args.num_test, protocol=args.protocol)
+                     num_test=args.num_test, protocol=args.protocol,
+                     init_weights=args.init_weights)
 
 
 def list_arms(core_seeds: int, other_seeds: int) -> str:
@@ -177,7 +185,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         print(f"report written to {path}")
         return 0
     results = args.results or (os.path.join(args.out, "report.md") if args.quick
-                               else default_results(spec.recipe, spec.protocol))
+                               else default_results(spec.recipe, spec.protocol,
+                                                   spec.init_weights is not None))
     jobs = plan(spec)
     if args.status:
         for job in jobs:

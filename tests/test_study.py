@@ -330,5 +330,30 @@ def test_paper_protocol_gives_every_arm_the_papers_rpn_and_k(tmp_path) -> None:
         "/study_paper_exact_cpu.md")
     assert experiment.default_results("study_large_jitter", "paper").endswith(
         "/study_paper_large_jitter_cpu.md")
+    assert experiment.default_results("study", "paper", fine_tuned=True).endswith(
+        "/study_paper_finetune_cpu.md")
     args = experiment.build_parser().parse_args(["--recipe", "study_large", "--out", "o"])
     assert experiment.spec_from_args(args).data_dir == "data/study_large_256"
+
+
+def test_init_weights_is_formatted_per_seed_and_checked_before_training(tmp_path) -> None:
+    """The fine-tuning regime: "{seed}" in --init-weights becomes each run's seed; another
+    placeholder, or a missing source for a run that will train, is a usage error naming
+    the flag."""
+    from dynrcnn.study.runner import check_init_weights
+
+    template = str(tmp_path / "src{seed}.pth")
+    spec = StudySpec(out_dir=str(tmp_path / "o"), data_dir="d", arms=["baseline"],
+                     core_seeds=2, init_weights=template)
+    jobs = plan(spec)
+    assert [j.config.init_weights for j in jobs] == [template.format(seed=s) for s in (0, 1)]
+    assert all(j.config.init_weights is None for j in plan(
+        dataclasses.replace(spec, init_weights=None)))
+    with pytest.raises(UsageError, match=r"--init-weights: no checkpoint .*src0.pth, .*src1"):
+        check_init_weights(jobs, spec)
+    (tmp_path / "src0.pth").write_bytes(b"")
+    (tmp_path / "src1.pth").write_bytes(b"")
+    check_init_weights(jobs, spec)
+    for bad in ("w{arm}.pth", "w{0}.pth", "w{.pth"):
+        with pytest.raises(UsageError, match="--init-weights .* only placeholder"):
+            dataclasses.replace(spec, init_weights=bad)

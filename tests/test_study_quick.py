@@ -143,3 +143,29 @@ def test_archived_run_is_retrained_for_evaluations_it_lacks(quick_study, tmp_pat
     assert os.path.isfile(os.path.join(run_dir, "eval_test_1000_nms085", "metrics.json"))
     assert read(os.path.join(run_dir, "eval_0000004", "metrics.json")) == final
     assert "WARNING" not in read(os.path.join(run_dir, "train.log"))
+
+
+def test_fine_tuning_study_starts_each_seed_from_its_source(quick_study, tmp_path) -> None:
+    """Issue 18, point 5: --init-weights with {seed} starts every run of a study from the
+    source detector of its seed (loaded before training, named in the run's log and in the
+    report's header); a missing source is one usage error before anything trains."""
+    import json
+
+    source = os.path.join(quick_study, "baseline", "seed{seed}", "model_final.pth")
+    out = str(tmp_path / "finetune")
+    assert experiment.main(["--quick", "--out", out, "--init-weights", source]) == 0
+    for arm in ("baseline", "dla_dsl"):
+        for seed in (0, 1):
+            run_dir = os.path.join(out, arm, f"seed{seed}")
+            with open(os.path.join(run_dir, "job.json")) as f:
+                assert json.load(f)["init_weights"] == source.format(seed=seed)
+            assert f"init-weights {source.format(seed=seed)}: loaded" in read(
+                os.path.join(run_dir, "train.log"))
+    assert f"- fine-tuned: every run starts from `{source}`" in read(
+        os.path.join(out, "report.md"))
+    # the same --out with another source mixes two regimes: refused, as other settings are
+    other = str(tmp_path / "other_seed{seed}.pth")
+    assert experiment.main(["--quick", "--out", out, "--init-weights", other]) == 2
+    assert experiment.main(["--quick", "--out", str(tmp_path / "missing"),
+                            "--init-weights", other]) == 2
+    assert not os.path.exists(tmp_path / "missing" / "baseline")

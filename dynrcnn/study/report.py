@@ -254,6 +254,9 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
         f"- schedule: {spec.get('iterations')} iterations (x the arm's schedule factor), "
         f"C = {spec.get('interval')}, tiny_fpn, batch 4, 128 sampled RoIs per image",
         "- protocol: " + _PROTOCOL_TEXT[spec.get("protocol") or "cpu"],
+        *([f"- fine-tuned: every run starts from `{spec['init_weights']}` (the seed's "
+            "source detector; predictor layers of another class count re-initialized)"]
+          if spec.get("init_weights") else []),
         "- seeds: " + "; ".join(f"{a} {','.join(map(str, s))}" for a, s in seeds.items()),
         "", "Numbers are COCO AP (x100) on the validation split, mean ± sample sd over "
         "seeds. Paired differences: arm minus baseline at the same seed, mean and 95% "

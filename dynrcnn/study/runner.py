@@ -61,6 +61,10 @@ class StudySpec:
     plot: bool = True  # each run's curves.png (with the Figure-1 row)
     protocol: str = "cpu"
     num_test: int = 500  # held-out split: settings are chosen on val, reported on test
+    # The fine-tuning regime: every run starts from this detector checkpoint ("{seed}" is
+    # replaced by the run's seed, so that each fine-tuned pair shares its source detector);
+    # layers whose class count differs are re-initialized (see dynrcnn.modeling.weights).
+    init_weights: Optional[str] = None
 
     def __post_init__(self) -> None:
         checks = {"--iterations": self.iterations, "--interval": self.interval,
@@ -78,6 +82,27 @@ class StudySpec:
                 check_protocol(arm, self.protocol)
         except ValueError as exc:
             raise UsageError(f"--arms: {exc}") from None
+        if self.init_weights is not None:
+            try:
+                self.init_weights_of(0)
+            except (KeyError, IndexError, ValueError):
+                raise UsageError(f"--init-weights {self.init_weights}: the only placeholder "
+                                 "a path may hold is {seed}") from None
+
+    def init_weights_of(self, seed: int) -> Optional[str]:
+        """The checkpoint the run of `seed` starts from (None: trained from scratch)."""
+        return None if self.init_weights is None else self.init_weights.format(seed=seed)
+
+
+def check_init_weights(jobs: Sequence[Job], spec: StudySpec) -> None:
+    """Before anything trains: every job that will train has its source checkpoint (one
+    line naming the flag and the missing files, not a failed run per seed)."""
+    if spec.init_weights is None:
+        return
+    sources = {str(spec.init_weights_of(job.seed)) for job in jobs if job.trains()}
+    missing = sorted(path for path in sources if not os.path.isfile(path))
+    if missing:
+        raise UsageError(f"--init-weights: no checkpoint {', '.join(missing)}")
 
 
 def quick_spec(out_dir: str) -> StudySpec:
@@ -135,7 +160,7 @@ def plan(spec: StudySpec, arms: Optional[Sequence[Arm]] = None,
                 resume=True, seed=seed, dynamic=arm.dynamic_config(spec.interval, spec.protocol),
                 model_kwargs=arm.model_kwargs(spec.protocol), progress=False,
                 log_period=spec.log_period,
-                plot=spec.plot,
+                plot=spec.plot, init_weights=spec.init_weights_of(seed),
                 **(overrides or {}).get(arm.name, {}))
             jobs.append(Job(arm, seed, run_dir, config))
     return jobs
@@ -252,6 +277,7 @@ class Runner:
     def run(self) -> List[Job]:
         with StudyLock(self.spec.out_dir):
             self._check_same_study()
+            check_init_weights(self.jobs, self.spec)
             ensure_study_data(self.spec, self.log)
             old = {s: signal.signal(s, self._stop_all) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
@@ -266,7 +292,7 @@ class Runner:
         (a resumed run would silently mix two schedules)."""
         path = os.path.join(self.spec.out_dir, "study.json")
         fixed = ("iterations", "interval", "image_size", "recipe", "data_dir", "num_train",
-                 "num_val")
+                 "num_val", "init_weights")
         mine = {k: getattr(self.spec, k) for k in fixed}
         if os.path.isfile(path):
             with open(path) as f:

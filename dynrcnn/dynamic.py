@@ -37,7 +37,13 @@ VARIANTS: Dict[str, str] = {
     "cls_soft": "classifier foreground at IoU >= min(T, 0.5) with a soft target below T "
                 "(class weight rising linearly from 0 to 1 between 0.5 and T), regressor's "
                 "at T",
+    "obj_floor": "foreground at IoU >= T for both heads, and each object's OBJECT_FLOOR "
+                 "best proposals at IoU >= 0.5 too (objects without proposals at T stay "
+                 "taught)",
 }
+# obj_floor: positives every object keeps once T passes 0.5 (a few, as the gt copy alone
+# is one; fixed a priori, not tuned on a study set).
+OBJECT_FLOOR = 4
 # The variant the evidence supports (benchmarks/README.md, issue 18); the paper's until a
 # variant beats it against the best baseline on every data set.
 RECOMMENDED_VARIANT = "paper"
@@ -47,13 +53,34 @@ BASELINE_IOU = 0.5  # Faster R-CNN's foreground threshold, the variants' referen
 def classifier_threshold(variant: str, iou_thr: Tensor) -> Tensor:
     """The classifier's foreground IoU threshold under `variant`, given T (a device tensor;
     no host sync)."""
-    if variant == "paper":
+    if variant in ("paper", "obj_floor"):
         return iou_thr
     if variant in ("cls_fixed", "cls_soft"):
         return torch.clamp(iou_thr, max=BASELINE_IOU)
     if variant == "cls_half":
         return torch.minimum(iou_thr, (iou_thr + BASELINE_IOU) / 2)
     raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def object_floor(matched_idxs: Tensor, max_iou: Tensor, num_gt: int,
+                 k: int = OBJECT_FLOOR) -> Tensor:
+    """Per proposal: whether it is one of the k best (by IoU, ties by position) proposals
+    at IoU >= 0.5 of its matched object. matched_idxs index the batch's num_gt objects
+    (-1: none). Sorts and scatters only: no host sync."""
+    n = matched_idxs.shape[0]
+    device = matched_idxs.device
+    valid = (matched_idxs >= 0) & (max_iou >= BASELINE_IOU)
+    group = torch.where(valid, matched_idxs, torch.full_like(matched_idxs, num_gt))
+    # by IoU descending, then (stable) by object: each object's proposals in IoU order
+    order = torch.argsort(max_iou, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    sorted_group = group[order]
+    counts = torch.zeros(num_gt + 1, dtype=torch.int64, device=device).scatter_add_(
+        0, sorted_group, torch.ones_like(sorted_group))
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=device) - starts[sorted_group]
+    return valid & (rank < k)
 
 
 @dataclass
@@ -84,6 +111,10 @@ class DynamicConfig:
         "cls_half" min(T, (T + 0.5) / 2), half way; "cls_soft" min(T, 0.5) with soft
         targets: a positive below T is taught its class with weight (IoU - 0.5) / (T - 0.5)
         and background with the rest. Sampling follows the classifier's labels.
+        "obj_floor" keeps the paper's T for both heads but never lets an object lose all
+        its proposals: each object's OBJECT_FLOOR best proposals at IoU >= 0.5 stay
+        foreground (for objects whose proposals all fall below T, the paper's T teaches
+        every one of them as background).
     """
 
     k_iou: int = 75

@@ -263,3 +263,77 @@ def test_variants_equal_the_paper_while_t_is_at_most_one_half(variant):
                                 extra.class_weight)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def _object_floor_reference(matched, iou, k):
+    """Loops: each object's k best proposals at IoU >= 0.5, ties by position."""
+    keep = torch.zeros(len(matched), dtype=torch.bool)
+    for obj in set(matched.tolist()) - {-1}:
+        idx = [i for i in range(len(matched)) if matched[i] == obj and iou[i] >= 0.5]
+        idx.sort(key=lambda i: (-float(iou[i]), i))
+        keep[idx[:k]] = True
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_object_floor_equals_its_reference(seed):
+    from dynrcnn.dynamic import object_floor
+
+    gen = torch.Generator().manual_seed(seed)
+    n, g = 300, 7
+    matched = torch.randint(-1, g, (n,), generator=gen)
+    # coarse IoUs: many ties, some objects with fewer than k proposals at >= 0.5
+    iou = torch.randint(0, 21, (n,), generator=gen).float() / 20
+    iou[matched == 3] = 0.45  # an object with no proposal at IoU >= 0.5
+    for k in (1, 4, 50):
+        got = object_floor(matched, iou, g, k)
+        assert torch.equal(got, _object_floor_reference(matched, iou, k))
+    assert not object_floor(matched[:0], iou[:0], g).any()
+    assert not object_floor(torch.full((5,), -1), torch.ones(5), 0).any()
+
+
+def test_obj_floor_variant_keeps_each_objects_best_proposals_above_t():
+    """obj_floor at T = 0.7: the paper's positives plus each object's OBJECT_FLOOR best
+    proposals at IoU >= 0.5, for both heads (no separate regression mask); the paper's
+    algorithm exactly while T <= 0.5."""
+    from dynrcnn.dynamic import OBJECT_FLOOR
+
+    gen = torch.Generator().manual_seed(21)
+    _, proposals, _, targets = heads_inputs((3, 0, 2), 0.35, gen)
+    config = dict(init_iou=0.7, iou_floor=0.7)
+    paper = small_heads(DynamicConfig(**config), batch_size_per_image=10_000).train()
+    heads = small_heads(DynamicConfig(**config, variant="obj_floor"),
+                        batch_size_per_image=10_000).train()
+    *ours, extra = heads._select_samples([p.clone() for p in proposals], targets)
+    *theirs, _ = paper._select_samples([p.clone() for p in proposals], targets)
+    assert extra is None  # the regressor trains on every positive, as in the paper
+    added = 0
+    for b in range(3):
+        rois, labels = ours[0][b], ours[2][b]
+        if not targets[b]["boxes"].shape[0]:
+            assert not (labels > 0).any()
+            continue
+        iou_all = box_iou(rois, targets[b]["boxes"])
+        iou, obj = iou_all.max(dim=1)
+        pos = labels > 0
+        assert bool((iou[pos] >= 0.5 - 1e-6).all())
+        assert int(pos.sum()) >= int((theirs[2][b] > 0).sum())
+        for j in range(targets[b]["boxes"].shape[0]):
+            # the object's proposals at IoU >= 0.5 (its gt copy, IoU 1, is one more)
+            mine = (obj == j) & (iou >= 0.5) & (iou < 1 - 1e-6)
+            want = min(OBJECT_FLOOR, int(mine.sum()))
+            assert int((pos & mine).sum()) >= want
+        added += int(pos.sum()) - int((theirs[2][b] > 0).sum())
+        assert torch.equal(labels[pos], targets[b]["labels"][ours[1][b][pos]])
+    assert added > 0, "some objects had fewer than OBJECT_FLOOR proposals at T"
+    low = dict(init_iou=0.45, iou_floor=0.4)
+    paper = small_heads(DynamicConfig(**low), batch_size_per_image=10_000).train()
+    heads = small_heads(DynamicConfig(**low, variant="obj_floor"),
+                        batch_size_per_image=10_000).train()
+    for mine, ref in zip(heads._select_samples([p.clone() for p in proposals], targets),
+                         paper._select_samples([p.clone() for p in proposals], targets)):
+        if ref is None:
+            assert mine is None
+            continue
+        for a, b in zip(mine, ref):
+            assert torch.equal(a, b)

@@ -33,10 +33,12 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 
 from dynrcnn.dynamic import (
+    BASELINE_IOU,
     DynamicConfig,
     DynamicState,
     MatchDiagnostics,
     classifier_threshold,
+    object_floor,
 )
 from dynrcnn.modeling._utils import check_target_types
 from dynrcnn.ops import MatchResult, dynamic_match, dynamic_smooth_l1, splits_from_counts
@@ -253,7 +255,14 @@ class DynamicRoIHeads(RoIHeads):
         foreground = match.labels
         regressed: Optional[List[Tensor]] = None
         soft: Optional[List[Tensor]] = None
-        if variant != "paper":
+        if variant == "obj_floor":
+            # the paper's labels while T <= 0.5 (then every floor proposal is one already)
+            floor = object_floor(match.matched_idxs, match.max_iou,
+                                 sum(g.shape[0] for g in gt_boxes))
+            above = self.dynamic_state.iou_thr > BASELINE_IOU
+            foreground = torch.where(above, match.labels.bool() | floor,
+                                     match.labels.bool()).to(match.labels.dtype)
+        elif variant != "paper":
             iou_thr = self.dynamic_state.iou_thr
             cls_thr = classifier_threshold(variant, iou_thr)
             # While the classifier's threshold is T itself (T <= 0.5), the fused op's labels

@@ -143,7 +143,7 @@ def _arms() -> Tuple[Arm, ...]:
         Arm("c_double", "control", "DLA + DSL, C doubled", interval_factor=2.0,
             variant_of="dla_dsl"),
         # issue 18's variants of DLA + DSL (DynamicConfig.variant): the classifier's
-        # foreground below T, the regressor's at T
+        # foreground below T and the regressor's at T, or a per-object floor of positives
         *(Arm(f"var_{v}", "variant", f"DLA + DSL, variant {v!r}: {VARIANTS[v]}",
               dynamic={"variant": v}, variant_of="dla_dsl")
           for v in VARIANTS if v != "paper"),

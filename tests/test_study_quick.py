@@ -159,8 +159,9 @@ def test_fine_tuning_study_starts_each_seed_from_its_source(quick_study, tmp_pat
             run_dir = os.path.join(out, arm, f"seed{seed}")
             with open(os.path.join(run_dir, "job.json")) as f:
                 assert json.load(f)["init_weights"] == source.format(seed=seed)
-            assert f"init-weights {source.format(seed=seed)}: loaded" in read(
-                os.path.join(run_dir, "train.log"))
+            log = read(os.path.join(run_dir, "train.log"))
+            assert f"init-weights {source.format(seed=seed)}: loaded" in log
+            assert f"starting at iteration 0 from {source.format(seed=seed)}" in log
     assert f"- fine-tuned: every run starts from `{source}`" in read(
         os.path.join(out, "report.md"))
     # the same --out with another source mixes two regimes: refused, as other settings are

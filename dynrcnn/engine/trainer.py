@@ -168,8 +168,10 @@ class Trainer:
         path = self.checkpointer.last_checkpoint()
         if path is None:
             if self.is_main:
-                log.warning("resume: no checkpoint in %s, starting from scratch",
-                            self.config.out_dir)
+                start = (f"from {self.config.init_weights}" if self.config.init_weights
+                         else "from scratch")
+                log.warning("resume: no checkpoint in %s, starting at iteration 0 %s",
+                            self.config.out_dir, start)
             return None
         ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])

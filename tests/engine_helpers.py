@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from dynrcnn.dynamic import DynamicConfig
 from dynrcnn.engine import TrainConfig, Trainer
+from dynrcnn.engine.checkpoint import atomic_write_text
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 WIDTH, HEIGHT = 128, 96
@@ -52,8 +53,10 @@ def write_fake_coco(path: str, num_images: int, seed: int, first_id: int = 100) 
                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
                 "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
+    # atomic: under torchrun every rank writes the same file, and a rank reading while
+    # another truncates it would see an empty file (a flaky test_torchrun)
+    atomic_write_text(json.dumps({"images": images, "annotations": annotations,
+                                  "categories": CATEGORIES}), path)
     return path
 
 

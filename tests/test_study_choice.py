@@ -26,12 +26,13 @@ import experiment  # noqa: E402
 
 
 def write_run(study: str, arm: str, seed: int, data: str, paper: bool,
-              ap: dict) -> None:
+              ap: dict, init_weights: str | None = None) -> None:
     """A finished run: its job.json and metrics; ap[(split, setting)] = AP in percent (the
     other columns derived from it, AP90 = AP / 2)."""
     run_dir = os.path.join(study, arm, f"seed{seed}")
     config = small_cpu_config(data, run_dir, iterations=10, seed=seed,
-                              model_kwargs=PAPER_MODEL if paper else {"rpn_nms_thresh": 0.7})
+                              model_kwargs=PAPER_MODEL if paper else {"rpn_nms_thresh": 0.7},
+                              init_weights=init_weights)
     os.makedirs(run_dir, exist_ok=True)
     save_config(config, os.path.join(run_dir, "job.json"))
     for (split, setting), value in ap.items():
@@ -114,3 +115,36 @@ def test_best_vs_best_bad_input_is_one_line(tmp_path, capsys) -> None:
                             "baseline"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no run has both val and test metrics" in err[0]
+
+
+def test_fine_tuned_runs_are_their_own_candidates(tmp_path, data_dir) -> None:
+    """A fine-tuned study and a from-scratch one in the same setting are two candidates,
+    never pooled into one (their seed-0 runs are different detectors)."""
+    scratch, tuned = str(tmp_path / "scratch"), str(tmp_path / "tuned")
+    for seed in range(2):
+        write_run(scratch, "baseline", seed, data_dir, True, {
+            ("val", "1000_nms085"): 60, ("test", "1000_nms085"): 60})
+        write_run(tuned, "baseline", seed, data_dir, True, {
+            ("val", "1000_nms085"): 70, ("test", "1000_nms085"): 71},
+            init_weights=f"src/seed{seed}/model_final.pth")
+    candidates = collect([scratch, tuned], ["baseline"], ["1000_nms085"])
+    assert sorted((c.fine_tuned, c.mean("val", "AP", [0, 1])) for c in candidates) == [
+        (False, 60.0), (True, 70.0)]
+    choice = choose(candidates, ["baseline"])
+    assert choice.chosen["baseline"].fine_tuned
+    assert "baseline, fine-tuned 1000 @ NMS 0.85, tested 1000 @ NMS 0.85 | 70.0 | 71.0" in (
+        choice_report(choice))
+
+
+def test_the_same_run_twice_is_refused(tmp_path, data_dir, capsys) -> None:
+    """A study and a copy of its runs passed together would pool two copies of each seed;
+    collect refuses, and the command says so in one line."""
+    study, copy = str(tmp_path / "study"), str(tmp_path / "copy")
+    for root in (study, copy):
+        write_run(root, "baseline", 0, data_dir, True, {
+            ("val", "1000_nms085"): 60, ("test", "1000_nms085"): 60})
+    with pytest.raises(ValueError, match="are the same candidate"):
+        collect([study, copy], ["baseline"], STUDY_SETTINGS)
+    assert experiment.main(["--best-vs-best", study, copy, "--arms", "baseline"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "same candidate (baseline, seed 0" in err[0]

@@ -27,16 +27,19 @@ from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference
 
 @dataclass
 class Candidate:
-    """One (arm, trained-in, tested-in) triple; metrics[split][seed] = {column: percent}."""
+    """One (arm, trained-in, tested-in) triple, fine-tuned or trained from scratch (never
+    pooled: their seeds are different detectors); metrics[split][seed] = {column: percent}."""
 
     arm: str
     trained: str
     tested: str
+    fine_tuned: bool = False
     metrics: Dict[str, Dict[int, Dict[str, float]]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        return (f"{self.arm}, trained {SETTING_TEXT.get(self.trained, self.trained)}, tested "
+        how = "fine-tuned" if self.fine_tuned else "trained"
+        return (f"{self.arm}, {how} {SETTING_TEXT.get(self.trained, self.trained)}, tested "
                 f"{SETTING_TEXT.get(self.tested, self.tested)}")
 
     def seeds(self, split: str) -> set:
@@ -58,10 +61,13 @@ def _read_bbox(path: str) -> Optional[Dict[str, float]]:
 def collect(study_dirs: Sequence[str], arms: Sequence[str],
             settings: Sequence[str]) -> List[Candidate]:
     """Every candidate of `arms` found in the study directories (runs with a job.json),
-    with the metrics that exist on val and test at each of `settings`."""
+    with the metrics that exist on val and test at each of `settings`. ValueError when two
+    runs would be the same candidate at the same seed (e.g. a study and a copy of its runs
+    passed together): pooling them would silently keep one of the two."""
     from dynrcnn.engine.config import TrainConfig, load_config
 
-    found: Dict[Tuple[str, str, str], Candidate] = {}
+    found: Dict[Tuple[str, str, str, bool], Candidate] = {}
+    source: Dict[Tuple[str, str, bool, int], str] = {}
     for study in study_dirs:
         for arm in arms:
             for job in sorted(glob.glob(os.path.join(study, arm, "seed*", JOB_FILE))):
@@ -69,9 +75,14 @@ def collect(study_dirs: Sequence[str], arms: Sequence[str],
                 seed = int(os.path.basename(run_dir)[len("seed"):])
                 config = load_config(TrainConfig, job)
                 trained = own_setting(config.model_kwargs) or "other"
+                fine_tuned = bool(config.init_weights)
+                first = source.setdefault((arm, trained, fine_tuned, seed), run_dir)
+                if first != run_dir:
+                    raise ValueError(f"{first} and {run_dir} are the same candidate ({arm}, "
+                                     f"seed {seed}, trained {trained}); pass one of them")
                 for tested in settings:
-                    cand = found.setdefault((arm, trained, tested),
-                                            Candidate(arm, trained, tested))
+                    key = (arm, trained, tested, fine_tuned)
+                    cand = found.setdefault(key, Candidate(arm, trained, tested, fine_tuned))
                     for split in ("val", "test"):
                         bbox = _read_bbox(metrics_path(run_dir, config, split, tested))
                         if bbox is not None:

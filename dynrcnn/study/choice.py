@@ -1,7 +1,8 @@
 """The user's comparison (issue 18): each detector at its own best proposal setting, chosen
 on val and reported on the held-out test split, paired by seed.
 
-A candidate is (arm, the setting it was trained in, the setting it is tested in): studies
+A candidate is (arm, the setting it was trained in, the setting it is tested in, fine-tuned
+or from scratch): studies
 of one data set in several protocols (their --out directories) give the training settings,
 dynrcnn.study.settings the test settings every finished run was evaluated at. For each arm
 the candidate with the best mean val AP over the seeds every candidate has is chosen; the

@@ -2,13 +2,12 @@
 on val and reported on the held-out test split, paired by seed.
 
 A candidate is (arm, the setting it was trained in, the setting it is tested in, fine-tuned
-or from scratch): studies
-of one data set in several protocols (their --out directories) give the training settings,
-dynrcnn.study.settings the test settings every finished run was evaluated at. For each arm
-the candidate with the best mean val AP over the seeds every candidate has is chosen; the
-chosen candidates are then compared on test, arm minus the reference's choice, per column,
-with the paired 95% t-interval. Choosing on val and reporting on test keeps the choice from
-flattering whichever arm has more candidates.
+or from scratch): studies of one data set in several protocols (their --out directories)
+give the training settings, dynrcnn.study.settings the test settings every finished run was
+evaluated at. For each arm the candidate with the best mean val AP over the seeds every
+candidate has is chosen; the chosen candidates are then compared on test, arm minus the
+reference's choice, per column, with the paired 95% t-interval. Choosing on val and
+reporting on test keeps the choice from flattering whichever arm has more candidates.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ def test_resnet50_train_step(arch):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-@pytest.mark.parametrize("variant", ["cls_fixed", "cls_half", "cls_soft", "obj_floor"])
+@pytest.mark.parametrize("variant", ["cls_fixed", "cls_half", "cls_soft", "obj_floor",
+                                     "t_cap"])
 @pytest.mark.parametrize("arch", ["dynamic_rcnn", "dynamic_mask_rcnn"])
 def test_train_step_of_each_variant(arch, variant):
     """Issue 18's variants train end to end (T raised so that they differ from the paper)."""

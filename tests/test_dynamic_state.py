@@ -25,7 +25,7 @@ def algorithm1(config: DynamicConfig, sequence):
         if it % config.interval == 0:
             valid = [v for v in ious if not math.isnan(v)]
             if valid and config.update_iou:
-                thr = max(float(np.mean(valid)), config.iou_floor)
+                thr = min(max(float(np.mean(valid)), config.iou_floor), config.iou_cap)
             valid = [v for v in errs if not math.isnan(v)]
             if valid and config.update_beta:
                 beta = min(max(float(np.median(valid)), config.beta_min), config.beta_max)
@@ -43,10 +43,11 @@ def random_sequence(rng: random.Random, length: int, nan_rate: float = 0.1):
     return seq
 
 
+@pytest.mark.parametrize("variant", ["paper", "t_cap"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("interval", [1, 7, 100])
-def test_matches_algorithm1_over_long_sequence(seed, interval):
-    config = DynamicConfig(interval=interval)
+def test_matches_algorithm1_over_long_sequence(seed, interval, variant):
+    config = DynamicConfig(interval=interval, variant=variant)
     rng = random.Random(seed)
     seq = random_sequence(rng, 1000)
     state = DynamicState(config)
@@ -155,6 +156,23 @@ def test_config_rejects_bad_values():
         DynamicConfig(beta_min=2.0)
     with pytest.raises(ValueError, match="iou_floor"):
         DynamicConfig(init_iou=0.3, iou_floor=0.4)
+    with pytest.raises(ValueError, match="'t_cap' caps T at 0.6: init_iou=0.7"):
+        DynamicConfig(init_iou=0.7, iou_floor=0.7, variant="t_cap")
+
+
+def test_t_cap_stops_t_at_the_cap_and_only_there():
+    """t_cap follows the paper's T up to 0.6 and stays there; the paper's T goes on."""
+    ious = [0.55] * 10 + [0.8] * 10
+    trace = {}
+    for variant in ("paper", "t_cap"):
+        state = DynamicState(DynamicConfig(interval=10, variant=variant))
+        trace[variant] = []
+        for iou in ious:
+            state.record(torch.tensor(iou), torch.tensor(0.5))
+            trace[variant].append(float(state.iou_thr))
+    assert trace["t_cap"][9] == trace["paper"][9] == pytest.approx(0.55)
+    assert trace["paper"][19] == pytest.approx(0.8)
+    assert trace["t_cap"][19] == pytest.approx(0.6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

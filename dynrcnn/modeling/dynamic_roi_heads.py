@@ -262,7 +262,7 @@ class DynamicRoIHeads(RoIHeads):
             above = self.dynamic_state.iou_thr > BASELINE_IOU
             foreground = torch.where(above, match.labels.bool() | floor,
                                      match.labels.bool()).to(match.labels.dtype)
-        elif variant != "paper":
+        elif variant not in ("paper", "t_cap"):  # t_cap: the paper's labels at a capped T
             iou_thr = self.dynamic_state.iou_thr
             cls_thr = classifier_threshold(variant, iou_thr)
             # While the classifier's threshold is T itself (T <= 0.5), the fused op's labels

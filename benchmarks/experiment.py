@@ -11,6 +11,8 @@ paired 95% confidence intervals (library: dynrcnn.study; this is its command lin
     python benchmarks/experiment.py --status          # which runs are finished
     python benchmarks/experiment.py --recipe study_exact --arms baseline dla_dsl \
         --best-vs-best runs/study_exact runs/study_paper_exact   # each at its best setting
+    python benchmarks/experiment.py --arms baseline t060 dla_dsl --reference t060 \
+        --report-only                                 # every arm also against T = 0.6
 
 Resumable and safe in the background (e.g. `nohup python benchmarks/experiment.py &`):
 each (arm, seed) is a training run directory under --out; finished runs are skipped, half-
@@ -43,7 +45,7 @@ from dynrcnn.data.recipes import STUDY_RECIPES
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import UsageError
 from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
-from dynrcnn.study.arms import seeds_for, select_arms
+from dynrcnn.study.arms import BASELINE, seeds_for, select_arms
 from dynrcnn.study.curve import run_learning_curve
 from dynrcnn.study.report import archive_runs, git_commit, hardware, report_study
 from dynrcnn.study.runner import recorded_run_settings
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-vs-best", nargs="+", metavar="STUDY_DIR", default=None,
                    help="no training: each --arms arm at its best (training protocol, test "
                    "setting), chosen on val among these studies' runs, reported on test")
+    p.add_argument("--reference", nargs="+", metavar="ARM", default=[],
+                   help="also pair every other arm with these arms of --arms (e.g. t060, "
+                   "the strongest fixed baseline), with the AP and AP90 differences per "
+                   "seed: a section of the study report, a table of --best-vs-best")
     p.add_argument("--results", default=None,
                    help=f"Markdown report (default {DEFAULT_RESULTS}; another --recipe or "
                    "--protocol: study[_paper][_exact]_cpu.md beside it; --quick: "
@@ -168,6 +174,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         print(list_arms(args.core_seeds, args.other_seeds))
         return 0
     spec = spec_from_args(args)
+    check_references(args, spec)
     if args.best_vs_best:
         return best_vs_best(args, spec, command)
     if args.learning_curve:
@@ -205,7 +212,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     recorded = recorded_run_settings(spec.out_dir)
     if recorded or args.report_only:
         info.update(recorded or {"jobs": "unrecorded", "threads": "unrecorded"})
-    text = report_study(jobs, results, info, command)
+    text = report_study(jobs, results, info, command, references=args.reference)
     archive = os.path.splitext(results)[0] + "_runs"
     archived = archive_runs(jobs, spec.out_dir, archive)
     print(text)
@@ -216,6 +223,21 @@ def run(args: argparse.Namespace, command: str) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def check_references(args: argparse.Namespace, spec: StudySpec) -> None:
+    """--reference names arms of this study's report; one it cannot show is an error, not a
+    table silently left out."""
+    if not args.reference:
+        return
+    if args.learning_curve or args.status:
+        flag = "--learning-curve" if args.learning_curve else "--status"
+        raise UsageError(f"--reference pairs arms in a report; {flag} writes none")
+    arms = [a.name for a in select_arms(spec.arms)]
+    unknown = [r for r in args.reference if r not in arms]
+    if unknown:
+        raise UsageError(f"--reference {' '.join(unknown)}: not among --arms "
+                         f"({' '.join(arms)})")
 
 
 def best_vs_best(args: argparse.Namespace, spec: StudySpec, command: str) -> int:
@@ -237,7 +259,9 @@ def best_vs_best(args: argparse.Namespace, spec: StudySpec, command: str) -> int
             f"\n\n- hardware: {hardware()}; torch {torch.__version__}\n- commit: "
             f"{git_commit()}\n- command: `{command}`\n- studies: "
             f"{', '.join(args.best_vs_best)} (data: {spec.data_dir}, {spec.num_val} val / "
-            f"{spec.num_test} test images)\n\n" + choice_report(choice))
+            f"{spec.num_test} test images)\n\n"
+            + choice_report(choice, [BASELINE, *(r for r in args.reference
+                                                 if r != BASELINE)]))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(text, path)
     print(text)

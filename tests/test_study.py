@@ -187,6 +187,42 @@ def test_report_pairs_each_arm_with_its_reference_and_controls_with_their_arm(
     assert all(ARMS[a].variant_of in (None, *ARMS) for a in ARMS)
 
 
+def test_reference_pairs_every_other_arm_with_it_and_shows_each_seed(tmp_path) -> None:
+    """--reference t060: the strongest fixed baseline as a second reference, with the
+    per-seed differences a mean over two or three seeds would hide."""
+    base = [r for r in results(39.0, 43.0) if r.arm == BASELINE]
+    t060 = [r for r in results(39.0, 43.0) if r.arm == "t060"]
+    runs = base + t060 + _renamed(base, "dla_dsl", -2.0)
+    spec = {"threads": 1, "jobs": 1, "recipe": "study", "iterations": 10}
+    path = str(tmp_path / "s.md")
+    assert "## Against t060" not in write_report(runs, path, spec, "x", planned=9)
+    text = write_report(runs, path, spec, "x", planned=9, references=["t060"])
+    section = text[text.index("## Against t060 (95% CI)"):]
+    assert "t060 has seeds 0, 1, 2" in section
+    assert "| AP per seed | AP90 per seed |" in section
+    # baseline AP 40.0 / 40.5 / 39.6, t060 39.0 / 39.5 / 38.6: +1.0 at every seed; AP90
+    # 40.0 / 40.5 / 39.6 against 43.0 / 43.45 / 42.64: -3.0 / -2.95 / -3.04
+    assert "| baseline - t060 | +1.0 [+1.0, +1.0] (n=3) *" in section
+    assert "| -3.0 [-3.1, -2.9] (n=3) * | +1.0 / +1.0 / +1.0 | -3.0 / -3.0 / -3.0 |" in (
+        section)
+    assert "| dla_dsl - t060 | -1.0 [" in section and "t060 - t060" not in section
+    only_two = [r for r in runs if not (r.arm == "dla_dsl" and r.seed == 1)]
+    text = write_report(only_two, path, spec, "x", planned=9, references=["t060"])
+    assert "-1.0 / -1.0 |" in text and "-1.0 / -1.0 / -1.0" not in text
+
+
+def test_reference_must_be_an_arm_of_the_report(tmp_path, capsys) -> None:
+    out = str(tmp_path / "s")
+    for argv, needle in (
+            (["--arms", "baseline", "dla_dsl", "--reference", "t060"],
+             "--reference t060: not among --arms (baseline dla_dsl)"),
+            (["--arms", "baseline", "t060", "--reference", "t060", "--status"],
+             "--reference pairs arms in a report; --status writes none")):
+        assert experiment.main(["--out", out, "--report-only", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0]
+
+
 def test_lock_refuses_a_second_live_runner(tmp_path) -> None:
     with open(tmp_path / "study.lock", "w") as f:
         f.write("1\n")  # pid 1 is alive on any Unix

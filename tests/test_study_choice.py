@@ -94,6 +94,12 @@ def test_choice_is_made_on_val_and_reported_on_test(tmp_path, data_dir) -> None:
     # test AP: dla_dsl 60, 62, 64; baseline 58, 59, 60 -> differences 2, 3, 4: mean 3,
     # sd 1, t(2) = 4.303 -> half width 4.303 / sqrt(3) = 2.48
     assert "| dla_dsl - baseline | +3.0 [+0.5, +5.5] (n=3) *" in report
+    assert "| +2.0 / +3.0 / +4.0 |" in report  # AP per seed, seeds 0 / 1 / 2
+    # a second reference (e.g. t060): every other arm against its choice, the baseline too
+    both = choice_report(choice, ["baseline", "dla_dsl"])
+    assert "| baseline - dla_dsl | -3.0 [-5.5, -0.5] (n=3) *" in both
+    assert "| -2.0 / -3.0 / -4.0 |" in both and "dla_dsl - dla_dsl" not in both
+    assert "each arm's choice minus dla_dsl's choice" in both
     assert report.count("| yes |") == 2
     assert "baseline, trained 300 @ NMS 0.7, tested 300 @ NMS 0.7 | 60.0 | 59.0" in report
 

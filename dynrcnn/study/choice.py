@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from dynrcnn.study.arms import BASELINE
 from dynrcnn.study.layout import JOB_FILE
 from dynrcnn.study.settings import SETTING_TEXT, metrics_path, own_setting
-from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference
+from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference, per_seed_text
 
 
 @dataclass
@@ -120,9 +120,11 @@ def choose(candidates: Sequence[Candidate], arms: Sequence[str]) -> Choice:
     return Choice(chosen, order, list(usable))
 
 
-def choice_report(choice: Choice, reference: str = BASELINE) -> str:
+def choice_report(choice: Choice, references: Sequence[str] = (BASELINE,)) -> str:
     """Markdown: every candidate's val / test AP (the chosen marked), the chosen ones' test
-    columns, and each arm's chosen minus the reference's chosen on test with 95% CIs."""
+    columns, and for each arm of `references` (the baseline; e.g. also t060, the strongest
+    fixed baseline) each other arm's chosen minus the reference's chosen on test, with 95%
+    CIs and the AP and AP90 differences per seed."""
     seeds = choice.seeds
     lines = [f"Seeds: {', '.join(map(str, seeds))} (n = {len(seeds)}); chosen by mean val "
              "AP, reported on test.", "",
@@ -138,20 +140,33 @@ def choice_report(choice: Choice, reference: str = BASELINE) -> str:
     for c in choice.chosen.values():
         lines.append(f"| {c.label} | " + " | ".join(
             f"{c.mean('test', col, seeds):.1f}" for col in COLUMNS) + " |")
-    ref = choice.chosen.get(reference)
-    if ref is not None:
-        lines += ["", f"Best against best on test: each arm's choice minus {reference}'s "
-                  "choice, same seed (mean [95% CI]; * the interval excludes 0):", "",
-                  "| arm - reference | " + " | ".join(COLUMNS) + " |",
-                  "|---|" + "---:|" * len(COLUMNS)]
-        for arm, c in choice.chosen.items():
-            if arm == reference:
-                continue
-            cells = []
-            for col in COLUMNS:
-                diff = paired_difference(
-                    {s: c.metrics["test"][s][col] for s in seeds},
-                    {s: ref.metrics["test"][s][col] for s in seeds})
-                cells.append(diff_cell(diff))
-            lines.append(f"| {arm} - {reference} | " + " | ".join(cells) + " |")
+    for reference in references:
+        lines += _against(choice, reference)
     return "\n".join(lines) + "\n"
+
+
+def _against(choice: Choice, reference: str) -> List[str]:
+    """Lines of the best-against-best table: each arm's choice minus `reference`'s choice on
+    test; none when the reference has no candidate."""
+    ref = choice.chosen.get(reference)
+    if ref is None:
+        return []
+    seeds = choice.seeds
+    lines = ["", f"Best against best on test: each arm's choice minus {reference}'s "
+             "choice, same seed (mean [95% CI]; * the interval excludes 0; per seed: "
+             f"seeds {' / '.join(map(str, seeds))}):", "",
+             "| arm - reference | " + " | ".join(COLUMNS) + " | AP per seed | AP90 per seed |",
+             "|---|" + "---:|" * (len(COLUMNS) + 2)]
+    for arm, c in choice.chosen.items():
+        if arm == reference:
+            continue
+        cells = []
+        for col in COLUMNS:
+            diff = paired_difference({s: c.metrics["test"][s][col] for s in seeds},
+                                     {s: ref.metrics["test"][s][col] for s in seeds})
+            cells.append(diff_cell(diff))
+        for col in ("AP", "AP90"):
+            cells.append(per_seed_text({s: c.metrics["test"][s][col] for s in seeds},
+                                       {s: ref.metrics["test"][s][col] for s in seeds}))
+        lines.append(f"| {arm} - {reference} | " + " | ".join(cells) + " |")
+    return lines

@@ -18,7 +18,7 @@ from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
 from dynrcnn.study.figures import plot_dynamics, read_logs
 from dynrcnn.study.layout import final_metrics_path
-from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference, summarize
+from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference, per_seed_text, summarize
 
 DIAGNOSTICS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou")
 EARLY_FRACTION = 0.1  # "early proposals": the logged windows of the first 10% of a run
@@ -95,23 +95,44 @@ def reference_of(arm: str) -> str:
     return ARMS[arm].reference if arm in ARMS else BASELINE
 
 
-def paired_table(results: Sequence[RunResult], pairs: Sequence[Tuple[str, str]]) -> str:
+def paired_table(results: Sequence[RunResult], pairs: Sequence[Tuple[str, str]],
+                 per_seed: Sequence[str] = ()) -> str:
     """Markdown: for each (arm, reference) pair, arm - reference at the same seed, mean and
-    95% t-interval per column. Pairs with an arm or reference not in `results` are left
-    out; so are seeds that only one of the two has."""
+    95% t-interval per column, then for each column of `per_seed` the difference at every
+    seed (a mean of two or three seeds hides whether one seed carries it). Pairs with an
+    arm or reference not in `results` are left out; so are seeds that only one of the two
+    has."""
     groups = _by_arm(results)
-    lines = ["| arm - reference | " + " | ".join(COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+    lines = ["| arm - reference | " + " | ".join(COLUMNS)
+             + "".join(f" | {c} per seed" for c in per_seed) + " |",
+             "|---|" + "---:|" * (len(COLUMNS) + len(per_seed))]
     for arm, ref in pairs:
         if arm == ref or arm not in groups or ref not in groups:
             continue
-        cells = []
-        for c in COLUMNS:
-            diff = paired_difference({r.seed: r.metrics[c] for r in groups[arm]},
-                                     {r.seed: r.metrics[c] for r in groups[ref]})
-            cells.append(diff_cell(diff))
+        by_seed = {c: ({r.seed: r.metrics[c] for r in groups[arm]},
+                       {r.seed: r.metrics[c] for r in groups[ref]})
+                   for c in (*COLUMNS, *per_seed)}
+        cells = [diff_cell(paired_difference(*by_seed[c])) for c in COLUMNS]
+        cells += [per_seed_text(*by_seed[c]) for c in per_seed]
         lines.append(f"| {arm} - {ref} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def reference_sections(results: Sequence[RunResult], arms: Sequence[str],
+                       references: Sequence[str]) -> List[str]:
+    """Report lines: for each arm of `references` (e.g. t060, the strongest fixed
+    baseline), every other arm minus it at the same seed, with the AP and AP90 per seed."""
+    lines: List[str] = []
+    for ref in references:
+        table = paired_table(results, [(a, ref) for a in arms if a != ref],
+                             per_seed=("AP", "AP90"))
+        if table:
+            seeds = sorted(r.seed for r in results if r.arm == ref)
+            lines += [f"## Against {ref} (95% CI)", "",
+                      f"Each arm minus {ref} at the same seed ({ref} has seeds "
+                      f"{', '.join(map(str, seeds))}); per seed: in seed order over the "
+                      "seeds both have.", "", table]
+    return lines
 
 
 def diagnostics_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
@@ -221,10 +242,12 @@ def git_commit(cwd: Optional[str] = None) -> str:
 
 
 def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
-                 command: str, planned: int, dynamics_plot: Optional[str] = None) -> str:
+                 command: str, planned: int, dynamics_plot: Optional[str] = None,
+                 references: Sequence[str] = ()) -> str:
     """Write the Markdown report (path), its plot (<stem>_ap_vs_iou.png) and the raw
     per-run numbers (<stem>.json); returns the Markdown text. dynamics_plot: a figure of
-    T / beta / Figure-1 over training (figures.plot_dynamics) to show under the tables."""
+    T / beta / Figure-1 over training (figures.plot_dynamics) to show under the tables;
+    references: arms every other arm is also paired with (reference_sections)."""
     import torch
 
     stem = os.path.splitext(path)[0]
@@ -279,6 +302,7 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
                   "Each control (and each Table 4 arm: KI of DLA only) against the arm it "
                   "changes one thing of, at the same seed: does the change move it?", "",
                   variants]
+    lines += reference_sections(results, arms, references)
     diag = diagnostics_table(results, arms)
     if diag:
         lines += ["## Figure-1 diagnostics", "",
@@ -344,7 +368,8 @@ _PROTOCOL_TEXT = {
 }
 
 
-def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str) -> str:
+def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str,
+                 references: Sequence[str] = ()) -> str:
     """write_report over the finished ones of `jobs` (runner.Job)."""
     finished = [j for j in jobs if j.finished()]
     logs = read_logs([j.run_dir for j in finished])  # once, for the tables and the figure
@@ -355,4 +380,4 @@ def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: 
         logs_by_arm.setdefault(job.arm.name, []).append(rows)
     dynamics = plot_dynamics(logs_by_arm, os.path.splitext(path)[0] + "_dynamics.png")
     return write_report(results, path, spec, command, planned=len(jobs),
-                        dynamics_plot=dynamics)
+                        dynamics_plot=dynamics, references=references)

@@ -96,6 +96,11 @@ def diff_cell(diff: Optional[PairedDiff]) -> str:
     return diff.text() + (" *" if diff.excludes_zero else "")
 
 
+def per_seed_text(arm: Mapping[int, float], reference: Mapping[int, float]) -> str:
+    """arm - reference at each seed both have, in seed order: '+0.5 / -0.9 / +1.5'."""
+    return " / ".join(f"{arm[s] - reference[s]:+.1f}" for s in sorted(set(arm) & set(reference)))
+
+
 def pick_schedule(ap_by_iterations: Mapping[int, float], min_gain: float = 2.0
                   ) -> Optional[int]:
     """The shortest schedule S (iterations) for which the measured schedule 2S adds less

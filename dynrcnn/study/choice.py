@@ -22,7 +22,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from dynrcnn.study.arms import BASELINE
 from dynrcnn.study.layout import JOB_FILE
 from dynrcnn.study.settings import SETTING_TEXT, metrics_path, own_setting
-from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference, per_seed_text
+from dynrcnn.study.stats import (
+    COLUMNS,
+    PER_SEED_COLUMNS,
+    diff_cell,
+    paired_difference,
+    per_seed_text,
+)
 
 
 @dataclass
@@ -155,18 +161,18 @@ def _against(choice: Choice, reference: str) -> List[str]:
     lines = ["", f"Best against best on test: each arm's choice minus {reference}'s "
              "choice, same seed (mean [95% CI]; * the interval excludes 0; per seed: "
              f"seeds {' / '.join(map(str, seeds))}):", "",
-             "| arm - reference | " + " | ".join(COLUMNS) + " | AP per seed | AP90 per seed |",
-             "|---|" + "---:|" * (len(COLUMNS) + 2)]
+             "| arm - reference | " + " | ".join(COLUMNS)
+             + "".join(f" | {c} per seed" for c in PER_SEED_COLUMNS) + " |",
+             "|---|" + "---:|" * (len(COLUMNS) + len(PER_SEED_COLUMNS))]
     for arm, c in choice.chosen.items():
         if arm == reference:
             continue
-        cells = []
-        for col in COLUMNS:
-            diff = paired_difference({s: c.metrics["test"][s][col] for s in seeds},
-                                     {s: ref.metrics["test"][s][col] for s in seeds})
-            cells.append(diff_cell(diff))
-        for col in ("AP", "AP90"):
-            cells.append(per_seed_text({s: c.metrics["test"][s][col] for s in seeds},
-                                       {s: ref.metrics["test"][s][col] for s in seeds}))
+
+        def pair(col: str, c: Candidate = c) -> Tuple[Dict[int, float], Dict[int, float]]:
+            return ({s: c.metrics["test"][s][col] for s in seeds},
+                    {s: ref.metrics["test"][s][col] for s in seeds})
+
+        cells = [diff_cell(paired_difference(*pair(col))) for col in COLUMNS]
+        cells += [per_seed_text(*pair(col)) for col in PER_SEED_COLUMNS]
         lines.append(f"| {arm} - {reference} | " + " | ".join(cells) + " |")
     return lines

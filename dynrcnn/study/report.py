@@ -18,7 +18,14 @@ from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
 from dynrcnn.study.figures import plot_dynamics, read_logs
 from dynrcnn.study.layout import final_metrics_path
-from dynrcnn.study.stats import COLUMNS, diff_cell, paired_difference, per_seed_text, summarize
+from dynrcnn.study.stats import (
+    COLUMNS,
+    PER_SEED_COLUMNS,
+    diff_cell,
+    paired_difference,
+    per_seed_text,
+    summarize,
+)
 
 DIAGNOSTICS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou")
 EARLY_FRACTION = 0.1  # "early proposals": the logged windows of the first 10% of a run
@@ -125,7 +132,7 @@ def reference_sections(results: Sequence[RunResult], arms: Sequence[str],
     lines: List[str] = []
     for ref in references:
         table = paired_table(results, [(a, ref) for a in arms if a != ref],
-                             per_seed=("AP", "AP90"))
+                             per_seed=PER_SEED_COLUMNS)
         if table:
             seeds = sorted(r.seed for r in results if r.arm == ref)
             lines += [f"## Against {ref} (95% CI)", "",

@@ -96,6 +96,10 @@ def diff_cell(diff: Optional[PairedDiff]) -> str:
     return diff.text() + (" *" if diff.excludes_zero else "")
 
 
+# the columns whose per-seed differences the reference and best-vs-best tables show
+PER_SEED_COLUMNS = ("AP", "AP90")
+
+
 def per_seed_text(arm: Mapping[int, float], reference: Mapping[int, float]) -> str:
     """arm - reference at each seed both have, in seed order: '+0.5 / -0.9 / +1.5'."""
     return " / ".join(f"{arm[s] - reference[s]:+.1f}" for s in sorted(set(arm) & set(reference)))

@@ -55,19 +55,20 @@ class Candidate:
         return statistics.fmean(self.metrics[split][s][column] for s in seeds)
 
 
-def _read_bbox(path: str) -> Optional[Dict[str, float]]:
+def _read_bbox(path: str, columns: Sequence[str] = COLUMNS) -> Optional[Dict[str, float]]:
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         data = json.load(f)
     bbox = data.get("bbox", data)
-    return {c: 100.0 * float(bbox[c]) for c in COLUMNS}
+    return {c: 100.0 * float(bbox[c]) for c in columns}
 
 
-def collect(study_dirs: Sequence[str], arms: Sequence[str],
-            settings: Sequence[str]) -> List[Candidate]:
+def collect(study_dirs: Sequence[str], arms: Sequence[str], settings: Sequence[str],
+            columns: Sequence[str] = COLUMNS) -> List[Candidate]:
     """Every candidate of `arms` found in the study directories (runs with a job.json),
-    with the metrics that exist on val and test at each of `settings`. ValueError when two
+    with the metrics (`columns`, in percent) that exist on val and test at each of
+    `settings`. ValueError when two
     runs would be the same candidate at the same seed (e.g. a study and a copy of its runs
     passed together): pooling them would silently keep one of the two."""
     from dynrcnn.engine.config import TrainConfig, load_config
@@ -90,7 +91,7 @@ def collect(study_dirs: Sequence[str], arms: Sequence[str],
                     key = (arm, trained, tested, fine_tuned)
                     cand = found.setdefault(key, Candidate(arm, trained, tested, fine_tuned))
                     for split in ("val", "test"):
-                        bbox = _read_bbox(metrics_path(run_dir, config, split, tested))
+                        bbox = _read_bbox(metrics_path(run_dir, config, split, tested), columns)
                         if bbox is not None:
                             cand.metrics.setdefault(split, {})[seed] = bbox
     return list(found.values())

@@ -9,8 +9,8 @@ committed results: the study reports' JSON (per-run val metrics) and the run arc
 (`*_runs/`, each run's val and test metrics at every test setting), with differences
 computed from unrounded values. A table in a Markdown file sits between
 `<!-- summary: NAME -->` and `<!-- /summary -->`; this script owns what is between them.
-Prose that quotes a signed number (+1.4, -0.5) must quote one of these tables' cells
-(tests/test_summary.py checks it).
+Prose that quotes a signed number (+1.4, -0.5) or an interval must quote a mean or an
+interval of these tables (tests/test_summary.py checks it).
 """
 
 from __future__ import annotations
@@ -82,13 +82,28 @@ def render_blocks(text: str, tables: Dict[str, Table], file: str
     return BLOCK.sub(replace, text), problems
 
 
-def quotable_numbers(tables: Dict[str, Table]) -> set:
-    """Every signed number of every table, as printed ('+1.4', '-0.5')."""
-    found = set()
+MEAN = re.compile(r"\| (?:\*\*)?([+-]\d+\.\d+)")
+INTERVAL = re.compile(r"\[[+-]\d+\.\d+, [+-]\d+\.\d+\]")
+SIGNED = re.compile(r"(?<![\w.])[+-]\d+\.\d+")
+
+
+def quotable_numbers(tables: Dict[str, Table]) -> Tuple[set, set]:
+    """(the means every table's cells start with, '+1.4'; its intervals, '[+0.3, +2.5]')."""
+    means, intervals = set(), set()
     for table in tables.values():
-        found.update(re.findall(r"[+-]\d+\.\d+", table.markdown))
-        found.update(re.findall(r"[+-]\d+\.\d+", table.note or ""))
-    return found
+        means.update(MEAN.findall(table.markdown))
+        intervals.update(INTERVAL.findall(table.markdown))
+    return means, intervals
+
+
+def unbacked_numbers(prose: str, tables: Dict[str, Table]) -> List[str]:
+    """Signed numbers of `prose` that are neither a table's mean nor part of one of its
+    intervals: numbers typed by hand."""
+    means, intervals = quotable_numbers(tables)
+    for interval in INTERVAL.findall(prose):
+        if interval in intervals:
+            prose = prose.replace(interval, "")
+    return sorted({n for n in SIGNED.findall(prose) if n not in means})
 
 
 def check(root: Path = ROOT, tables: Optional[Dict[str, Table]] = None

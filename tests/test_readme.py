@@ -33,7 +33,7 @@ def code_block(language: str, after_heading: str) -> str:
     return match.group(1)
 
 
-def readme_commands(heading: str = "## Training and evaluating on your data"
+def readme_commands(heading: str = "## Train and evaluate on your data"
                     ) -> List[List[str]]:
     text = code_block("bash", heading)
     text = text.replace("\\\n", " ")  # continuation lines
@@ -74,7 +74,7 @@ def test_readme_commands_run_in_order(tmp_path):
                               text=True, timeout=600)
         assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout[-2000:]}\n" \
                                      f"{done.stderr[-4000:]}"
-        assert "dynrcnn: error" not in done.stderr
+        assert ": error:" not in done.stderr
     runs = tmp_path / "runs"
     # `compare` read the metrics `eval --out-dir runs/<run>` wrote
     table = (runs / "cmp" / "compare.md").read_text()
@@ -92,7 +92,7 @@ def test_start_from_a_torchvision_model_runs_in_order(tmp_path):
     """Save a stock 91-class fasterrcnn_resnet50_fpn_v2, fine-tune it with --init-weights
     on a 5-class set (2 iterations), export it in the three formats, load the torchvision
     file in plain torchvision: the README's commands as written."""
-    commands = readme_commands("## Start from a torchvision model")
+    commands = readme_commands("## Torchvision in and out")
     assert [c[0] for c in commands] == ["python", "dynrcnn", "dynrcnn", "dynrcnn", "dynrcnn",
                                         "dynrcnn", "python"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -112,7 +112,7 @@ def test_start_from_a_torchvision_model_runs_in_order(tmp_path):
 
 
 def test_the_torchvision_snippet_runs_as_written(capsys):
-    code = code_block("python", "## Start from a torchvision model")
+    code = code_block("python", "## Torchvision in and out")
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert re.search(r"^RoIHeads fasterrcnn_mobilenet_v3_large_fpn \{'num_classes': 4, "
                      r"'min_size': 128, 'max_size': 128, 'rpn_nms_thresh': 0.85\}$",
@@ -121,7 +121,7 @@ def test_the_torchvision_snippet_runs_as_written(capsys):
 
 def test_the_ops_snippet_runs_as_written(capsys):
     pytest.importorskip("torch")
-    code = code_block("python", "## Using the fused ops from your own detector")
+    code = code_block("python", "## Use the ops in your detector")
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert re.search(r"T=0\.\d+ beta=1\.00 foreground=\d+ loss=\d", capsys.readouterr().out)
 

@@ -1,0 +1,121 @@
+"""The numbers README.md and docs/ show are the ones benchmarks/summarize.py writes from the
+committed results (issue 29): every summary table equals its regeneration, prose quotes only
+numbers the tables hold, and a hand edit of either is caught (shown on deliberate edits).
+Also the README's shape: short, sections under 60 lines, tables under 160 characters."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import summarize  # noqa: E402
+
+PROSE_FILES = ("README.md", "docs/accuracy.md")
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return summarize.build(ROOT / "benchmarks" / "results")
+
+
+def prose(text: str) -> str:
+    """`text` without summary blocks, code blocks and inline code."""
+    text = summarize.BLOCK.sub("", text)
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def unbacked_numbers(text: str, tables) -> list:
+    return summarize.unbacked_numbers(prose(text), tables)
+
+
+def test_docs_tables_and_summary_files_equal_their_regeneration(tables):
+    problems = summarize.check(ROOT, tables)
+    assert not problems, "\n".join(f"{p.file}: {p.table}: {p.why}" for p in problems) + \
+        "\n(run python benchmarks/summarize.py)"
+
+
+def test_every_summary_table_is_shown_somewhere():
+    shown = set()
+    for file in summarize.DOCS:
+        shown.update(m.group(2) for m in summarize.BLOCK.finditer((ROOT / file).read_text()))
+    assert set(summarize.build(ROOT / "benchmarks" / "results")) <= shown
+
+
+def test_a_hand_edited_table_is_caught(tables):
+    readme = (ROOT / "README.md").read_text()
+    edited = readme.replace("**+1.4** [+0.3, +2.5]", "**+1.5** [+0.3, +2.5]", 1)
+    assert edited != readme, "the README's glance table no longer holds +1.4 [+0.3, +2.5]"
+    fixed, problems = summarize.render_blocks(edited, tables, "README.md")
+    assert [(p.file, p.table) for p in problems] == [("README.md", "glance")]
+    assert fixed == readme  # and summarize.py writes it back
+
+
+def test_an_unknown_table_name_is_caught(tables):
+    _, problems = summarize.render_blocks("<!-- summary: nope -->\n| x |\n<!-- /summary -->",
+                                          tables, "README.md")
+    assert problems and "no summary table 'nope'" in problems[0].why
+
+
+@pytest.mark.parametrize("file", PROSE_FILES)
+def test_prose_quotes_only_numbers_the_summary_holds(file, tables):
+    assert unbacked_numbers((ROOT / file).read_text(), tables) == []
+
+
+def test_a_typed_number_in_prose_is_caught(tables):
+    means, _ = summarize.quotable_numbers(tables)
+    typed = next(f"+{x / 10:.1f}" for x in range(11, 200) if f"+{x / 10:.1f}" not in means)
+    text = (ROOT / "README.md").read_text() + f"\nDynamic R-CNN gains {typed} AP on a set.\n"
+    assert unbacked_numbers(text, tables) == [typed]
+    interval = (ROOT / "README.md").read_text() + f"\nAP +1.4 [+0.3, {typed}] on a set.\n"
+    assert unbacked_numbers(interval, tables) == [typed]  # a real mean, a typed bound
+
+
+def test_summarize_check_command_passes():
+    done = subprocess.run([sys.executable, "benchmarks/summarize.py", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_readme_is_a_short_front_page():
+    text = (ROOT / "README.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) < 250
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    for section in sections:
+        assert len(section.splitlines()) <= 60, section.splitlines()[0]
+    assert [s.splitlines()[0] for s in sections][:4] == [
+        "Results at a glance", "When it pays", "Two commands", "Install and build"]
+    for line in lines:
+        if line.startswith("|"):
+            assert len(line) <= 160, line
+    words = prose(text)
+    assert not re.search(r"\bissues? \d+", words, re.I)
+    assert not re.search(r"\b(dla_dsl|t060|var_\w+|obj_floor|t_cap|cls_fixed|cls_soft)\b",
+                         words)
+    # the first screen: what it does, the results table, and the two commands
+    first_screen = "\n".join(lines[:60])
+    for needed in ("Dynamic Label Assignment", "Dynamic SmoothL1", "summary: glance",
+                   "make demo", "make test"):
+        assert needed in first_screen, needed
+
+
+@pytest.mark.parametrize("file", ("README.md", "docs/accuracy.md", "benchmarks/README.md"))
+def test_the_papers_table_3_row_appears_at_most_once(file):
+    text = (ROOT / file).read_text()
+    assert len(re.findall(r"\+1\.9 \| -0\.7 \|", text)) <= 1
+
+
+def test_images_the_docs_show_exist():
+    for file in ("README.md", "docs/accuracy.md", "benchmarks/README.md"):
+        text = (ROOT / file).read_text()
+        base = (ROOT / file).parent
+        for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            assert (base / link).is_file(), f"{file}: {link}"

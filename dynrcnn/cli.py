@@ -4,9 +4,10 @@ Every TrainConfig / EvalConfig field is a flag (`dynrcnn train --help`). `--conf
 starts from a saved config.json; a flag given on the command line always wins over the
 file, which wins over the built-in defaults. `--resume` / `--overwrite` are read from the
 command line only. Runs under `torchrun` too (train and eval): only rank 0 prints and
-writes. Input errors (a bad flag value, a missing or wrong file) print one line,
-`dynrcnn: error: ...`, and exit with status 2; any other exception is a bug and keeps its
-traceback. This module only parses and dispatches: the work is in dynrcnn.engine.
+writes. Input errors (a bad flag value, a missing or wrong file) print one line naming the
+command typed, `dynrcnn train: error: ...` (as argparse's own usage and error lines do), and
+exit with status 2; any other exception is a bug and keeps its traceback. This module only
+parses and dispatches: the work is in dynrcnn.engine.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_make_synthetic(argv: Sequence[str]) -> int:
     from dynrcnn.data.synthetic import main as synthetic_main
 
-    return synthetic_main(list(argv))
+    # its own parser, help included: its usage and error lines name `dynrcnn make-synthetic`
+    return synthetic_main(list(argv), prog=f"{PROG} make-synthetic")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -154,15 +156,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     small backbone, evaluation, curves; the AP table is printed last."""
     import time
 
-    from dynrcnn.engine import format_metrics_table, train
+    from dynrcnn.engine import UsageError, format_metrics_table, train
     from dynrcnn.engine.presets import ensure_synthetic_data, small_cpu_config
 
+    # the demo's own flags, checked before any data is written (else a traceback from the
+    # data writer, or an error naming the train flag --dynamic-interval)
+    for flag, value, least in (("--iterations", args.iterations, 1),
+                               ("--interval", args.interval, 1),
+                               ("--image-size", args.image_size, 32),
+                               ("--num-train", args.num_train, 1),
+                               ("--num-val", args.num_val, 1)):
+        if value < least:
+            raise UsageError(f"{flag} must be >= {least}, got {value}")
     start = time.perf_counter()
-    ensure_synthetic_data(args.data, args.num_train, args.num_val, args.image_size)
     # The demo is one fixed job: rerunning it replaces its previous run unless --resume.
     config = small_cpu_config(args.data, args.out, args.arch, args.iterations, args.interval,
                               args.image_size, args.resume, overwrite=not args.resume,
                               progress=args.progress)
+    ensure_synthetic_data(args.data, args.num_train, args.num_val, args.image_size)
     summary = train(config)
     _print(_summary_text(summary))
     _print(f"demo: curves in {os.path.join(args.out, 'curves.png')}, log in "
@@ -180,13 +191,26 @@ def _choices() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     return ARCHS, BACKBONES
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that reports unknown arguments itself. argparse leaves them to
+    the top-level parser, whose usage and error lines name only `dynrcnn`; here they read
+    `usage: dynrcnn train ...` and `dynrcnn train: error: unrecognized arguments: ...`."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error("unrecognized arguments: " + " ".join(extra))
+        return namespace, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dynrcnn.engine import EvalConfig, TrainConfig, add_dataclass_args
 
     archs, backbones = _choices()
     choices = {"arch": archs, "backbone": backbones}
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_SubcommandParser)
 
     p = sub.add_parser("train", help="train a detector (torchrun for several processes)",
                        description="Train a detector. Flags override --config FILE.")
@@ -283,18 +307,21 @@ def _input_errors() -> Tuple[Type[BaseException], ...]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "make-synthetic":  # its own argparse, help included
-        return cmd_make_synthetic(argv[1:])
     handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
                 "plot": cmd_plot, "compare": cmd_compare, "demo": cmd_demo,
                 "export": cmd_export}
+    # the command typed, as argparse names it in the subcommand's usage and error lines
+    # (the top-level parser has no options but -h, so argv[0] is the subcommand)
+    prog = f"{PROG} {argv[0]}" if argv and argv[0] in (*handlers, "make-synthetic") else PROG
     try:
+        if argv and argv[0] == "make-synthetic":
+            return cmd_make_synthetic(argv[1:])
         args = build_parser().parse_args(argv)
         return handlers[args.command](args)
     except _input_errors() as exc:
         # known bad input: one line naming the flag or file, no traceback
         if _is_main_process():
-            print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+            print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
 

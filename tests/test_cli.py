@@ -152,7 +152,7 @@ def test_predict_checks_the_ann_against_the_model(run_dir, data_dir, tmp_path, c
     assert main(["predict", "--weights", final(run_dir), "--image", _val_image(data_dir),
                  "--out", str(tmp_path / "p.png"), "--ann", str(ann)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dynrcnn: error: --ann") and "2 categories" in err
+    assert err.startswith("dynrcnn predict: error: --ann") and "2 categories" in err
 
 
 def test_predict_missing_image_is_a_clear_error(run_dir, tmp_path, capsys):
@@ -179,7 +179,7 @@ def test_weights_of_another_interval_load_in_train_eval_and_predict(run_dir, dat
         assert main(["predict", "--weights", str(bare), "--backbone", "tiny_fpn",
                      "--num-classes", "6", "--image", _val_image(data_dir),
                      "--score-thresh", "0.0", "--out", str(tmp_path / "p.png")]) == 0
-    assert "dynrcnn: error" not in capsys.readouterr().err
+    assert ": error:" not in capsys.readouterr().err
 
 
 def test_eval_rejects_model_flags_that_contradict_a_training_checkpoint(run_dir, data_dir,
@@ -188,7 +188,7 @@ def test_eval_rejects_model_flags_that_contradict_a_training_checkpoint(run_dir,
     assert main(["eval", "--weights", final(run_dir), "--data-dir", data_dir,
                  "--arch", "cascade_rcnn", "--out-dir", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dynrcnn: error: --arch cascade_rcnn") and err.count("\n") == 1
+    assert err.startswith("dynrcnn eval: error: --arch cascade_rcnn") and err.count("\n") == 1
 
 
 def test_eval_on_other_classes_fails_before_inference(run_dir, data_dir, tmp_path,

@@ -1,6 +1,6 @@
-"""Known bad input to the `dynrcnn` command is one line, `dynrcnn: error: ...`, naming the
-flag or the file, with exit status 2 (issue 10, points 7, 10, 11, 12); nothing is trained
-or evaluated first."""
+"""Known bad input to the `dynrcnn` command is one line, `dynrcnn COMMAND: error: ...`,
+naming the flag or the file, with exit status 2 (issue 10, points 7, 10, 11, 12; the command
+typed: issue 29, point 5); nothing is trained or evaluated first."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def data_dir(tmp_path_factory) -> str:
     return out
 
 
-def one_line_error(capsys, *needles: str) -> str:
+def one_line_error(capsys, command: str, *needles: str) -> str:
+    """The one line `dynrcnn COMMAND: error: ...`, naming the subcommand typed."""
     err = capsys.readouterr().err
-    assert err.startswith("dynrcnn: error: ") and err.count("\n") == 1, err
+    assert err.startswith(f"dynrcnn {command}: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
     for needle in needles:
         assert needle in err, err
@@ -38,7 +39,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, data_dir, capsys, co
     weights = tmp_path / "weights.pth"
     weights.write_bytes(content)
     assert main(["eval", "--weights", str(weights), "--data-dir", data_dir]) == 2
-    one_line_error(capsys, f"--weights {weights}", "checkpoint")
+    one_line_error(capsys, "eval", f"--weights {weights}", "checkpoint")
 
 
 def test_a_state_dict_of_no_tensors_is_named(tmp_path, data_dir, capsys):
@@ -47,7 +48,7 @@ def test_a_state_dict_of_no_tensors_is_named(tmp_path, data_dir, capsys):
     weights = tmp_path / "dict.pth"
     torch.save({"model": {"a": 1}}, weights)
     assert main(["eval", "--weights", str(weights), "--data-dir", data_dir]) == 2
-    one_line_error(capsys, str(weights), "neither a dynrcnn training checkpoint")
+    one_line_error(capsys, "eval", str(weights), "neither a dynrcnn training checkpoint")
 
 
 def test_a_used_out_dir_is_refused_without_resume_or_overwrite(tmp_path, data_dir, capsys):
@@ -59,7 +60,7 @@ def test_a_used_out_dir_is_refused_without_resume_or_overwrite(tmp_path, data_di
     (out / "notes.txt").write_text("mine")
     assert main(["train", "--data-dir", data_dir, "--out-dir", str(out),
                  "--iterations", "1", *TINY]) == 2
-    one_line_error(capsys, f"--out-dir {out}", "--resume", "--overwrite")
+    one_line_error(capsys, "train", f"--out-dir {out}", "--resume", "--overwrite")
     assert (out / "model_0000099.pth").exists()
 
     assert main(["train", "--data-dir", data_dir, "--out-dir", str(out), "--iterations", "1",
@@ -73,16 +74,16 @@ def test_bad_values_name_the_flag(data_dir, tmp_path, capsys):
     """Point 11: `--iterations must be >= 1`, not `iterations must be >= 1` in a traceback."""
     assert main(["train", "--data-dir", data_dir, "--out-dir", str(tmp_path / "r"),
                  "--iterations", "0"]) == 2
-    one_line_error(capsys, "--iterations must be >= 1, got 0")
+    one_line_error(capsys, "train", "--iterations must be >= 1, got 0")
     assert main(["train", "--data-dir", data_dir, "--out-dir", str(tmp_path / "r"),
                  "--dynamic-k-iou", "0"]) == 2
-    one_line_error(capsys, "--dynamic-k-iou")
+    one_line_error(capsys, "train", "--dynamic-k-iou")
 
 
 def test_too_few_classes_name_the_flag(data_dir, tmp_path, capsys):
     assert main(["train", "--data-dir", data_dir, "--out-dir", str(tmp_path / "r"),
                  "--num-classes", "2", *TINY]) == 2
-    one_line_error(capsys, "--num-classes 2 is smaller than the training set's")
+    one_line_error(capsys, "train", "--num-classes 2 is smaller than the training set's")
 
 
 def test_an_out_dir_that_is_a_file(data_dir, tmp_path, capsys):
@@ -90,29 +91,29 @@ def test_an_out_dir_that_is_a_file(data_dir, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("")
     assert main(["train", "--data-dir", data_dir, "--out-dir", str(afile), *TINY]) == 2
-    one_line_error(capsys, f"--out-dir {afile}", "not a directory")
+    one_line_error(capsys, "train", f"--out-dir {afile}", "not a directory")
     assert main(["eval", "--weights", str(afile), "--data-dir", data_dir,
                  "--out-dir", str(afile)]) == 2
-    one_line_error(capsys, f"--out-dir {afile}")
+    one_line_error(capsys, "eval", f"--out-dir {afile}")
 
 
 def test_a_missing_config_file(tmp_path, capsys):
     """Point 11: was a bare FileNotFoundError traceback."""
     assert main(["train", "--config", str(tmp_path / "nope.json")]) == 2
-    one_line_error(capsys, f"--config {tmp_path / 'nope.json'}", "no such file")
+    one_line_error(capsys, "train", f"--config {tmp_path / 'nope.json'}", "no such file")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert main(["train", "--config", str(bad)]) == 2
-    one_line_error(capsys, f"--config {bad}", "not valid JSON")
+    one_line_error(capsys, "train", f"--config {bad}", "not valid JSON")
     bad.write_text('{"iterationz": 3}')
     assert main(["train", "--config", str(bad)]) == 2
-    one_line_error(capsys, f"--config {bad}", "iterationz")
+    one_line_error(capsys, "train", f"--config {bad}", "iterationz")
 
 
 def test_missing_data_paths_name_the_flag(tmp_path, capsys):
     assert main(["train", "--data-dir", str(tmp_path / "nodata"),
                  "--out-dir", str(tmp_path / "r")]) == 2
-    one_line_error(capsys, "--train-images", "does not exist")
+    one_line_error(capsys, "train", "--train-images", "does not exist")
 
 
 def test_a_missing_image_is_found_before_training(data_dir, tmp_path, capsys):
@@ -126,7 +127,7 @@ def test_a_missing_image_is_found_before_training(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(copy), "--out-dir", str(out),
                  "--iterations", "1", *TINY]) == 2
-    one_line_error(capsys, str(missing), "does not exist")
+    one_line_error(capsys, "train", str(missing), "does not exist")
     assert not (out / "log.jsonl").exists()
 
 
@@ -140,7 +141,7 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, data_dir, capsys, comma
     else:
         args += ["--iterations", "1", *TINY]
     assert main(args) == 2
-    one_line_error(capsys, "--device cuda", "CUDA is not available")
+    one_line_error(capsys, command, "--device cuda", "CUDA is not available")
 
 
 def test_weights_that_do_not_fit_the_model_are_named(tmp_path, data_dir, capsys):
@@ -159,11 +160,11 @@ def test_weights_that_do_not_fit_the_model_are_named(tmp_path, data_dir, capsys)
     predict = ["predict", "--weights", str(bare), "--backbone", "tiny_fpn", "--image", image,
                "--score-thresh", "0.0", "--out", str(tmp_path / "p.png")]
     assert main([*predict, "--num-classes", "3"]) == 2
-    one_line_error(capsys, f"--weights {bare} does not fit the model",
+    one_line_error(capsys, "predict", f"--weights {bare} does not fit the model",
                    "roi_heads.box_predictor.cls_score.weight is [6, ", "--num-classes")
     assert main([*predict, "--num-classes", "6", "--arch", "cascade_rcnn"]) == 2
-    one_line_error(capsys, f"--weights {bare} does not fit the model", "missing keys",
-                   "unexpected keys ['roi_heads.box_head")
+    one_line_error(capsys, "predict", f"--weights {bare} does not fit the model",
+                   "missing keys", "unexpected keys ['roi_heads.box_head")
     # DynamicState buffers are exempt: a Dynamic R-CNN's weights load into a Faster R-CNN
     assert main([*predict, "--num-classes", "6", "--arch", "faster_rcnn"]) == 0
-    assert "dynrcnn: error" not in capsys.readouterr().err
+    assert ": error:" not in capsys.readouterr().err

@@ -36,7 +36,7 @@ def test_the_console_script_is_installed_and_runs(tmp_path):
     assert (tmp_path / "data" / "annotations" / "instances_val.json").is_file()
     refused = run([str(SCRIPT), "train", "--iterations", "0"], tmp_path)
     assert refused.returncode == 2
-    assert refused.stderr.strip() == "dynrcnn: error: --iterations must be >= 1, got 0"
+    assert refused.stderr.strip() == "dynrcnn train: error: --iterations must be >= 1, got 0"
 
 
 def test_demo_output_piped_to_a_file_grows_with_lines_not_iterations(tmp_path):

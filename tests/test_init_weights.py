@@ -135,7 +135,7 @@ def test_cli_refuses_another_architecture_in_one_line(shapes, tmp_path, capsys):
               "--min-size", "96", "--max-size", "96", "--out-dir", str(tmp_path / "r")]
     assert main([*common, "--backbone", "tiny_fpn", "--init-weights", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("dynrcnn: error: --init-weights")
+    assert err.count("\n") == 0 and err.startswith("dynrcnn train: error: --init-weights")
     assert "backbone.body." in err  # names a tensor
     assert main([*common, "--backbone", "tiny_fpn", "--init-weights", str(path),
                  "--weights", str(path)]) == 2

@@ -37,7 +37,8 @@ of the whole object and the exact box of what the image shows.
 Deterministic given `seed`: image i of a split depends only on (seed, split, i). Fast: a few
 milliseconds per 256 x 256 image (PNG with fast Huffman-only compression).
 
-Command line: `python -m dynrcnn.data.synthetic --out DIR [--num-train N --num-val N ...]`.
+Command line: `dynrcnn make-synthetic --out DIR [--num-train N --num-val N ...]` (or
+`python -m dynrcnn.data.synthetic ...`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import zlib
@@ -298,9 +300,14 @@ def make_synthetic_coco(
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+PROG = "python -m dynrcnn.data.synthetic"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line's parser; `prog` is the command its usage and error lines name
+    (`dynrcnn make-synthetic` when reached through the `dynrcnn` command)."""
     parser = argparse.ArgumentParser(
-        prog="python -m dynrcnn.data.synthetic",
+        prog=prog,
         description="Write a synthetic COCO-format shapes data set (train/, val/, annotations/).")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--num-train", type=int, default=200)
@@ -318,6 +325,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--empty-fraction", type=float, default=None, help="default 0.05")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-masks", action="store_true", help="omit segmentation polygons")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Parse `argv` and write the data set; bad input is argparse's usage + one error line
+    naming `prog`, exit status 2."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -328,7 +342,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             min_object_size=args.min_object_size, empty_fraction=args.empty_fraction,
             recipe=args.recipe, num_test=args.num_test)
     except ValueError as e:
-        parser.error(str(e))
+        # the checks name the arguments (num_classes); say which flag that is
+        message = str(e)
+        for name in sorted((n for n in vars(args) if "_" in n), key=len, reverse=True):
+            message = re.sub(rf"(?<![-\w]){name}\b", "--" + name.replace("_", "-"), message)
+        parser.error(message)
+    except OSError as e:  # --out is a file, or not writable
+        where = f" {e.filename}" if e.filename else ""
+        parser.error(f"--out {args.out}: cannot write{where}: {e.strerror or e}")
     seconds = time.perf_counter() - start
     total = args.num_train + args.num_val + args.num_test
     test = f", {args.num_test} test" if args.num_test else ""

@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEPS := numpy pycocotools pytest ninja tqdm matplotlib ruff onnx onnxruntime
+DEPS := numpy pycocotools pytest ninja tqdm matplotlib ruff onnx onnxruntime pdoc
 DEPS_STAMP := $(VENV)/.deps-stamp
+# DEPS as last installed: an existing .venv installs what DEPS gained since (see below).
+DEPS_LIST := $(VENV)/.deps-list
 BUILD_STAMP := $(VENV)/.build-stamp
 KERNEL_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 CMAKE_BUILD := build/cmake
@@ -14,9 +16,9 @@ export MAX_JOBS ?= 2
 # Tests must exercise the compiled kernels, never the pure-torch fallback.
 export DYNRCNN_REQUIRE_EXTENSION := 1
 
-.PHONY: install build test test-py test-cpp test-slow demo bench lint clean
+.PHONY: install build test test-py test-cpp test-slow demo bench lint docs clean FORCE
 
-install: $(BUILD_STAMP)
+install: $(BUILD_STAMP) $(DEPS_LIST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +26,13 @@ $(PY):
 $(DEPS_STAMP): $(PY)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install $(TORCH_PINS) $(DEPS)
+	echo '$(DEPS)' > $(DEPS_LIST)
 	touch $@
+
+# A .venv made before DEPS changed: install DEPS again (only the new ones download). Nothing
+# depends on this file's date, so the kernels are not rebuilt for a new tool.
+$(DEPS_LIST): FORCE | $(DEPS_STAMP)
+	@echo '$(DEPS)' | cmp -s - $@ || { $(PIP) install $(TORCH_PINS) $(DEPS) && echo '$(DEPS)' > $@; }
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(KERNEL_SOURCES)
 	$(PIP) install -e . --no-build-isolation -v 2>&1 | grep -E "dynrcnn:|error|Error|Successfully" ; \
@@ -58,8 +66,13 @@ bench: install
 	$(PY) benchmarks/bench_ops.py
 	$(PY) benchmarks/bench_detectors.py
 
-lint: $(DEPS_STAMP)
+lint: $(DEPS_LIST)
 	$(VENV)/bin/ruff check dynrcnn tests benchmarks setup.py
+
+# The API reference, from the docstrings (pdoc): build/docs/api/index.html. Any pdoc warning
+# fails it; tests/test_api_docs.py runs the same build in `make test`.
+docs: install
+	$(PY) scripts/build_docs.py --output build/docs/api
 
 clean:
 	rm -rf build $(VENV) dynrcnn/*.so *.egg-info

@@ -9,8 +9,8 @@ The arithmetic below is written in the same order as csrc/ops/box_math.h so that
 results agree with the kernels to rounding.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: the API reference (pdoc) reads the
+# annotations of MatchResult's generated constructor, which could not resolve "Tensor".
 import math
 from typing import NamedTuple, Optional, Sequence
 

@@ -17,7 +17,7 @@ paired 95% confidence intervals (library: dynrcnn.study; this is its command lin
 Resumable and safe in the background (e.g. `nohup python benchmarks/experiment.py &`):
 each (arm, seed) is a training run directory under --out; finished runs are skipped, half-
 finished ones resume from their checkpoint, and only finished runs enter the report. Runs
-use one thread each (--threads), at most two side by side (--jobs); progress goes to
+use one thread each (--threads), --jobs side by side; progress goes to
 <out>/study.log. Arms: `--list-arms`.
 
 The report (--results, default benchmarks/results/study_cpu.md) names hardware, commit,
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds of the core arms (default %(default)s)")
     p.add_argument("--other-seeds", type=int, default=d.other_seeds,
                    help="seeds of the other arms (default %(default)s)")
-    p.add_argument("--jobs", type=int, default=d.jobs, help="runs side by side (1 or 2)")
+    p.add_argument("--jobs", type=int, default=d.jobs,
+                   help="runs side by side (--threads each)")
     p.add_argument("--threads", type=int, default=d.threads, help="threads per run")
     p.add_argument("--num-train", type=int, default=d.num_train,
                    help="training images of the study set (default %(default)s)")

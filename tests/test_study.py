@@ -82,7 +82,7 @@ def test_plan_makes_one_resumable_run_per_arm_and_seed(tmp_path) -> None:
     assert not j.finished() and not j.started()
 
 
-@pytest.mark.parametrize("field,value,flag", [("jobs", 3, "--jobs"), ("iterations", 0,
+@pytest.mark.parametrize("field,value,flag", [("jobs", 0, "--jobs"), ("iterations", 0,
                                               "--iterations"), ("arms", ["x"], "--arms")])
 def test_spec_errors_name_the_flag(field, value, flag) -> None:
     with pytest.raises(UsageError, match=flag):
@@ -237,7 +237,7 @@ def test_lock_refuses_a_second_live_runner(tmp_path) -> None:
 
 
 def test_experiment_bad_input_is_one_line_and_exit_2(tmp_path, capsys) -> None:
-    assert experiment.main(["--out", str(tmp_path), "--jobs", "3", "--status"]) == 2
+    assert experiment.main(["--out", str(tmp_path), "--jobs", "0", "--status"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--jobs" in err[0]
     assert experiment.main(["--list-arms"]) == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 JOB_FILE = "job.json"  # the run's TrainConfig, written by the runner, read by the worker
+# held-out splits and test settings of a run on the user's data (dynrcnn.study.settings)
+RUN_FILE = "study_run.json"
 
 
 def final_metrics_path(run_dir: str, iterations: int) -> str:

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from dynrcnn.engine.checkpoint import atomic_write_text
-from dynrcnn.engine.config import TrainConfig, UsageError, save_config
+from dynrcnn.engine.config import TrainConfig, UsageError
 from dynrcnn.engine.presets import small_cpu_config
 from dynrcnn.study.arms import Arm, check_protocol, seeds_for, select_arms
-from dynrcnn.study.layout import JOB_FILE, final_metrics_path
+from dynrcnn.study.layout import final_metrics_path
 from dynrcnn.study.settings import pending_evals, split_files
+from dynrcnn.study.user import user_config, write_run_files
 
 
 @dataclass
@@ -65,6 +66,13 @@ class StudySpec:
     # replaced by the run's seed, so that each fine-tuned pair shares its source detector);
     # layers whose class count differs are re-initialized (see dynrcnn.modeling.weights).
     init_weights: Optional[str] = None
+    # A study on the user's data (`dynrcnn study`): the TrainConfig fields common to every
+    # run (data paths, backbone, sizes, schedule, ...), laid over TrainConfig's defaults;
+    # None: the synthetic preset (small_cpu_config on the recipe's generated set).
+    base: Optional[Dict[str, Any]] = None
+    test_images: Optional[str] = None  # an optional held-out split of the user's data
+    test_ann: Optional[str] = None
+    gpus: Optional[List[int]] = None  # one run per GPU (CUDA_VISIBLE_DEVICES); None: CPU
 
     def __post_init__(self) -> None:
         checks = {"--iterations": self.iterations, "--interval": self.interval,
@@ -75,8 +83,8 @@ class StudySpec:
         for flag, value in checks.items():
             if value < 1:
                 raise UsageError(f"{flag} must be >= 1, got {value}")
-        if not 1 <= self.jobs <= 2:
-            raise UsageError(f"--jobs must be 1 or 2 (a 2-core machine), got {self.jobs}")
+        if self.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
         try:
             for arm in select_arms(self.arms):
                 check_protocol(arm, self.protocol)
@@ -155,6 +163,11 @@ def plan(spec: StudySpec, arms: Optional[Sequence[Arm]] = None,
                 continue
             run_dir = os.path.join(spec.out_dir, arm.name, f"seed{seed}")
             iterations = max(1, round(spec.iterations * arm.schedule))
+            if spec.base is not None:
+                config = user_config(spec, arm, seed, run_dir,
+                                     (overrides or {}).get(arm.name, {}))
+                jobs.append(Job(arm, seed, run_dir, config))
+                continue
             config = small_cpu_config(
                 spec.data_dir, run_dir, arm.arch, iterations, spec.interval, spec.image_size,
                 resume=True, seed=seed, dynamic=arm.dynamic_config(spec.interval, spec.protocol),
@@ -245,6 +258,8 @@ class Runner:
         self.jobs = jobs if jobs is not None else plan(spec)
         self._running: Dict[str, subprocess.Popen[bytes]] = {}
         self.failed: List[str] = []  # jobs that exited without their final metrics
+        self._free_gpus: List[int] = list(spec.gpus or [])
+        self._gpu_of: Dict[str, int] = {}
 
     def log(self, text: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
@@ -254,11 +269,14 @@ class Runner:
             print(line, flush=True)
 
     def _launch(self, job: Job) -> subprocess.Popen[bytes]:
-        os.makedirs(job.run_dir, exist_ok=True)
-        save_config(job.config, os.path.join(job.run_dir, JOB_FILE))
+        write_run_files(job, self.spec)
         threads = str(self.spec.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "DYNRCNN_STUDY_THREADS": threads}
+        if self.spec.gpus is not None:  # one GPU per run: the worker sees only its own
+            gpu = self._free_gpus.pop(0)
+            self._gpu_of[job.name] = gpu
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         with open(os.path.join(job.run_dir, "train.log"), "ab") as out:
             return subprocess.Popen([sys.executable, "-m", "dynrcnn.study.worker", job.run_dir],
                                     stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -278,7 +296,11 @@ class Runner:
         with StudyLock(self.spec.out_dir):
             self._check_same_study()
             check_init_weights(self.jobs, self.spec)
-            ensure_study_data(self.spec, self.log)
+            if self.spec.base is None:  # the user's data exists; the synthetic is made once
+                ensure_study_data(self.spec, self.log)
+            else:  # which splits and settings each run is evaluated at, before counting
+                for job in self.jobs:
+                    write_run_files(job, self.spec)
             old = {s: signal.signal(s, self._stop_all) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 self._run_all()
@@ -292,12 +314,14 @@ class Runner:
         (a resumed run would silently mix two schedules)."""
         path = os.path.join(self.spec.out_dir, "study.json")
         fixed = ("iterations", "interval", "image_size", "recipe", "data_dir", "num_train",
-                 "num_val", "init_weights")
+                 "num_val", "init_weights", "base", "test_ann")
         mine = {k: getattr(self.spec, k) for k in fixed}
+        if self.spec.base is None:  # a synthetic study's study.json keeps its old form
+            mine = {k: v for k, v in mine.items() if k not in ("base", "test_ann")}
         if os.path.isfile(path):
             with open(path) as f:
                 saved = json.load(f)
-            changed = [f"{k} ({saved[k]!r} -> {mine[k]!r})" for k in fixed
+            changed = [f"{k} ({saved[k]!r} -> {mine[k]!r})" for k in mine
                        if k in saved and saved[k] != mine[k]]
             if changed:
                 raise UsageError(f"--out {self.spec.out_dir} holds a study with other settings: "
@@ -333,6 +357,8 @@ class Runner:
                 if proc.poll() is None:
                     continue
                 del self._running[name]
+                if name in self._gpu_of:
+                    self._free_gpus.append(self._gpu_of.pop(name))
                 job = jobs_by_name[name]
                 seconds = time.perf_counter() - starts[name]
                 if proc.returncode == 0 and job.complete():

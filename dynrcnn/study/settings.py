@@ -10,15 +10,18 @@ choice on the held-out test split. So every finished run is evaluated at each se
 
 Layout in a run directory: `eval_<split>_<setting>/metrics.json`; the trainer's own final
 evaluation (`eval_<iterations>/metrics.json`, val split, the run's own setting) stands for
-(val, its setting) and is not repeated.
+(val, its setting) and is not repeated. A run of a study on the user's data carries its
+held-out splits and test settings in `study_run.json` (layout.RUN_FILE; the setting "own":
+the run's own RPN); runs without it use make_synthetic_coco's layout and STUDY_SETTINGS.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from dynrcnn.study.layout import final_metrics_path
+from dynrcnn.study.layout import RUN_FILE, final_metrics_path
 
 # The test-time RPN of each setting: proposals kept per image after NMS, and the NMS IoU.
 TEST_SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -29,8 +32,9 @@ TEST_SETTINGS: Dict[str, Dict[str, Any]] = {
     "1000_nms070": {"rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
                     "rpn_nms_thresh": 0.7},
 }
+OWN = "own"  # the run's own RPN setting, whatever it is (a study on the user's data)
 SETTING_TEXT = {"300_nms070": "300 @ NMS 0.7", "1000_nms085": "1000 @ NMS 0.85",
-                "1000_nms070": "1000 @ NMS 0.7"}
+                "1000_nms070": "1000 @ NMS 0.7", OWN: "its own RPN setting"}
 # Evaluated for every run of a study: the two protocols' own settings (cpu, paper).
 STUDY_SETTINGS: Tuple[str, ...] = ("300_nms070", "1000_nms085")
 HELD_OUT_SPLITS: Tuple[str, ...] = ("val", "test")
@@ -51,27 +55,52 @@ def split_files(data_dir: str, split: str) -> Tuple[str, str]:
             os.path.join(data_dir, "annotations", f"instances_{split}.json"))
 
 
+def run_plan(run_dir: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The run's study_run.json ({"splits": {split: [images, ann]}, "settings": [...]}), or
+    None for a run of the synthetic studies."""
+    path = os.path.join(run_dir, RUN_FILE) if run_dir else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def held_out_splits(config: Any, run_dir: Optional[str] = None
+                    ) -> Dict[str, Tuple[str, str]]:
+    """{split: (images folder, annotation file)} a run is evaluated on: its study_run.json's,
+    else every split of make_synthetic_coco's layout under config.data_dir that exists."""
+    plan = run_plan(run_dir)
+    if plan is not None:
+        return {split: (paths[0], paths[1]) for split, paths in plan["splits"].items()}
+    if config.data_dir is None:  # explicit paths, before the runner wrote study_run.json
+        return {"val": (config.val_images, config.val_ann)}
+    return {split: split_files(config.data_dir, split) for split in HELD_OUT_SPLITS
+            if os.path.isfile(split_files(config.data_dir, split)[1])}
+
+
 def metrics_path(run_dir: str, config: Any, split: str, setting: str) -> str:
     """Where the metrics of a run (config: its TrainConfig) on `split` at `setting` are."""
-    if split == "val" and setting == own_setting(config.model_kwargs):
+    if split == "val" and setting in (OWN, own_setting(config.model_kwargs)):
         return final_metrics_path(run_dir, config.iterations)
     return os.path.join(run_dir, f"eval_{split}_{setting}", "metrics.json")
 
 
-def planned_evals(config: Any, settings: Tuple[str, ...] = STUDY_SETTINGS
-                  ) -> List[Tuple[str, str]]:
-    """(split, setting) pairs a run of `config` gets: every held-out split its data set has,
-    at every setting."""
-    return [(split, setting) for split in HELD_OUT_SPLITS
-            if os.path.isfile(split_files(config.data_dir, split)[1])
+def planned_evals(config: Any, settings: Optional[Sequence[str]] = None,
+                  run_dir: Optional[str] = None) -> List[Tuple[str, str]]:
+    """(split, setting) pairs a run of `config` gets: every held-out split, at every setting
+    (`settings`, else the run's study_run.json's, else STUDY_SETTINGS)."""
+    if settings is None:
+        plan = run_plan(run_dir)
+        settings = plan["settings"] if plan is not None else STUDY_SETTINGS
+    return [(split, setting) for split in held_out_splits(config, run_dir)
             for setting in settings]
 
 
-def pending_evals(run_dir: str, config: Any, settings: Tuple[str, ...] = STUDY_SETTINGS
+def pending_evals(run_dir: str, config: Any, settings: Optional[Sequence[str]] = None
                   ) -> List[Tuple[str, str]]:
     """The planned evaluations whose metrics do not exist yet (the trainer's own final
     evaluation included)."""
-    return [(split, setting) for split, setting in planned_evals(config, settings)
+    return [(split, setting) for split, setting in planned_evals(config, settings, run_dir)
             if not os.path.isfile(metrics_path(run_dir, config, split, setting))]
 
 
@@ -80,12 +109,14 @@ def evaluate_setting(run_dir: str, config: Any, split: str, setting: str,
     """Evaluate the run's final model on `split` at `setting`; writes metrics_path(...)."""
     from dynrcnn.engine import EvalConfig, run_evaluation
 
-    if setting not in TEST_SETTINGS:
+    if setting not in TEST_SETTINGS and setting != OWN:
         raise ValueError(f"unknown test setting {setting!r}; expected one of "
-                         f"{', '.join(TEST_SETTINGS)}")
-    images, ann = split_files(config.data_dir, split)
+                         f"{', '.join(TEST_SETTINGS)} or {OWN}")
+    images, ann = held_out_splits(config, run_dir)[split]
     out = os.path.dirname(metrics_path(run_dir, config, split, setting))
+    # the synthetic studies evaluate on the CPU as they trained; a user's run where it trained
+    device = "cpu" if run_plan(run_dir) is None else config.device
     return run_evaluation(EvalConfig(
         weights=weights or os.path.join(run_dir, "model_final.pth"), val_images=images,
-        val_ann=ann, model_kwargs=dict(TEST_SETTINGS[setting]), out_dir=out,
-        batch_size=2, num_workers=0, device="cpu", progress=False))
+        val_ann=ann, model_kwargs=dict(TEST_SETTINGS.get(setting, {})), out_dir=out,
+        batch_size=2, num_workers=0, device=device, progress=False))

@@ -16,7 +16,7 @@ export MAX_JOBS ?= 2
 # Tests must exercise the compiled kernels, never the pure-torch fallback.
 export DYNRCNN_REQUIRE_EXTENSION := 1
 
-.PHONY: install build test test-py test-cpp test-slow demo bench lint docs clean FORCE
+.PHONY: install build test test-py test-cpp test-slow demo bench lint docs clean
 
 install: $(BUILD_STAMP) $(DEPS_LIST)
 
@@ -30,8 +30,12 @@ $(DEPS_STAMP): $(PY)
 	touch $@
 
 # A .venv made before DEPS changed: install DEPS again (only the new ones download). Nothing
-# depends on this file's date, so the kernels are not rebuilt for a new tool.
-$(DEPS_LIST): FORCE | $(DEPS_STAMP)
+# depends on this file's date, so the kernels are not rebuilt for a new tool; and it is out
+# of date only while it differs from DEPS, so `make -q install` still answers "up to date".
+ifneq ($(shell cat $(DEPS_LIST) 2>/dev/null),$(strip $(DEPS)))
+.PHONY: $(DEPS_LIST)
+endif
+$(DEPS_LIST): | $(DEPS_STAMP)
 	@echo '$(DEPS)' | cmp -s - $@ || { $(PIP) install $(TORCH_PINS) $(DEPS) && echo '$(DEPS)' > $@; }
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(KERNEL_SOURCES)

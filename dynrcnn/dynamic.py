@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-# The classifier's foreground threshold of each variant, from T (see DynamicConfig.variant).
 VARIANTS: Dict[str, str] = {
     "paper": "the paper's Algorithm 1: classifier and regressor foreground at IoU >= T",
     "cls_fixed": "classifier foreground at IoU >= min(T, 0.5), regressor's at T",
@@ -43,22 +42,36 @@ VARIANTS: Dict[str, str] = {
     "t_cap": "the paper's Algorithm 1 with T capped at T_CAP (0.6) for both heads: DLA's "
              "rise, then Table 1's middle threshold",
 }
-# obj_floor: positives every object keeps once T passes 0.5 (a few, as the gt copy alone
-# is one; fixed a priori, not tuned on a study set).
+"""The values of DynamicConfig.variant, each with what it changes (the classifier's
+foreground threshold follows from T by `classifier_threshold`)."""
 OBJECT_FLOOR = 4
-# The variant the evidence supports (benchmarks/README.md, issue 18); the paper's until a
-# variant beats it against the best baseline on every data set.
+"""obj_floor: positives every object keeps once T passes 0.5 (a few, as the gt copy alone
+is one; fixed a priori, not tuned on a study set)."""
 RECOMMENDED_VARIANT = "paper"
-# t_cap: the highest T it allows. The middle of the paper's Table 1 grid (0.4-0.7), chosen
-# before any t_cap run: a fixed T of 0.6 lost no mid-IoU column in the paper's protocol on
-# the jittered set, where DLA's T (0.69-0.71 there) did.
+"""The variant the evidence supports (benchmarks/README.md, issue 18); the paper's until a
+variant beats it against the best baseline on every data set."""
 T_CAP = 0.6
-BASELINE_IOU = 0.5  # Faster R-CNN's foreground threshold, the variants' reference
+"""t_cap: the highest T it allows. The middle of the paper's Table 1 grid (0.4-0.7), chosen
+before any t_cap run: a fixed T of 0.6 lost no mid-IoU column in the paper's protocol on
+the jittered set, where DLA's T (0.69-0.71 there) did."""
+BASELINE_IOU = 0.5
+"""Faster R-CNN's foreground threshold, the variants' reference."""
 
 
 def classifier_threshold(variant: str, iou_thr: Tensor) -> Tensor:
-    """The classifier's foreground IoU threshold under `variant`, given T (a device tensor;
-    no host sync)."""
+    """The classifier's foreground IoU threshold under `variant`, given T (no host sync).
+
+    Args:
+        variant: one of `VARIANTS` (DynamicConfig.variant).
+        iou_thr: T, a 0-dim tensor on the training device.
+
+    Returns:
+        A 0-dim tensor: T for "paper", "obj_floor" and "t_cap"; min(T, 0.5) for "cls_fixed"
+        and "cls_soft"; min(T, (T + 0.5) / 2) for "cls_half".
+
+    Raises:
+        ValueError: an unknown variant.
+    """
     if variant in ("paper", "obj_floor", "t_cap"):
         return iou_thr
     if variant in ("cls_fixed", "cls_soft"):
@@ -71,8 +84,18 @@ def classifier_threshold(variant: str, iou_thr: Tensor) -> Tensor:
 def object_floor(matched_idxs: Tensor, max_iou: Tensor, num_gt: int,
                  k: int = OBJECT_FLOOR) -> Tensor:
     """Per proposal: whether it is one of the k best (by IoU, ties by position) proposals
-    at IoU >= 0.5 of its matched object. matched_idxs index the batch's num_gt objects
-    (-1: none). Sorts and scatters only: no host sync."""
+    at IoU >= 0.5 of its matched object. Sorts and scatters only: no host sync.
+
+    Args:
+        matched_idxs: int64 [N], each proposal's object, an index into the batch's num_gt
+            objects (-1: none), as MatchResult.matched_idxs.
+        max_iou: [N], each proposal's IoU with that object, as MatchResult.max_iou.
+        num_gt: the number of ground-truth objects in the batch.
+        k: how many proposals each object keeps (`OBJECT_FLOOR`).
+
+    Returns:
+        A bool [N] tensor.
+    """
     n = matched_idxs.shape[0]
     device = matched_idxs.device
     valid = (matched_idxs >= 0) & (max_iou >= BASELINE_IOU)
@@ -91,24 +114,33 @@ def object_floor(matched_idxs: Tensor, max_iou: Tensor, num_gt: int,
 
 @dataclass
 class DynamicConfig:
+    # The docstring's `name: text` lines are also the fields' --help (engine.config.field_docs).
     """Hyperparameters of Dynamic R-CNN (defaults: the paper's).
 
     k_iou, k_err: KI and Kbeta per image (the detector multiplies by the batch's images
         when per_image is False, as the authors' code does).
+
     interval: C, iterations between updates of T and beta.
+
     init_iou, iou_floor: starting T and its lower bound (T never falls below it).
+
     init_beta, beta_max: starting beta and its upper bound (beta never rises above it).
+
     beta_min: lower bound of beta, 1e-3 by default. The paper has no bound; with 0 the loss
         turns into L1 on crowded images (both reference codes count the ground-truth copies
         appended to the proposals, whose error is 0). Set 0.0 to reproduce that.
+
     per_image: statistics per image then averaged (mmdetection) instead of over the batch
         (the authors' code).
+
     update_iou, update_beta: switch DLA / DSL off for ablations (T or beta then stay at
         their initial values).
+
     stats_with_gt: the authors' statistics (their maskrcnn-benchmark fork): rank the IoU
         over the proposals PLUS the appended ground-truth copies (IoU 1) and take the
         error's k-th smallest over them too (copies: error 0). Off (default): the paper's
         definition, over the RPN proposals only. Sampling is the same either way.
+
     variant: which proposals the classifier is taught to call foreground (issue 18;
         `VARIANTS`). "paper" (Algorithm 1, the default): IoU >= T for the classifier and the
         regressor alike. The others keep T (and so DLA's statistics, DSL and the regression
@@ -167,7 +199,8 @@ class DynamicConfig:
 
 
 def nan_mean(values: Tensor) -> Tensor:
-    """Mean of the non-NaN entries in float64 (0-dim), NaN if there are none; no host sync."""
+    """Mean of the non-NaN entries of `values` (a tensor of any shape) in float64 (0-dim),
+    NaN if there are none; no host sync."""
     valid = ~torch.isnan(values)
     count = valid.sum()
     total = torch.where(valid, values, torch.zeros_like(values)).double().sum()
@@ -175,8 +208,9 @@ def nan_mean(values: Tensor) -> Tensor:
 
 
 def nan_median(values: Tensor) -> Tensor:
-    """Median of the non-NaN entries (mean of the two middle ones for an even count, as
-    numpy's), NaN if there are none; no host sync."""
+    """Median of the non-NaN entries of `values` (a 1-D tensor) in float64 (0-dim): the mean
+    of the two middle ones for an even count, as numpy's; NaN if there are none; no host
+    sync."""
     valid = ~torch.isnan(values)
     count = valid.sum()
     ordered = torch.sort(values.double()).values  # NaN sorts last
@@ -187,7 +221,15 @@ def nan_median(values: Tensor) -> Tensor:
 
 
 class DynamicState(nn.Module):
-    """T and beta of Dynamic R-CNN with their histories, as device buffers."""
+    """T and beta of Dynamic R-CNN with their histories, as device buffers.
+
+    Buffers: `iou_thr` (T) and `beta`, 0-dim float32; `iou_hist` and `err_hist` [interval],
+    the recorded statistics (NaN: none); `count`, the number of record() calls. All of them
+    are in state_dict().
+
+    Args:
+        config: the hyperparameters (none: DynamicConfig(), the paper's).
+    """
 
     def __init__(self, config: DynamicConfig | None = None) -> None:
         super().__init__()
@@ -210,9 +252,13 @@ class DynamicState(nn.Module):
     def record(self, kth_iou: Tensor, kth_err: Tensor) -> bool:
         """Store one iteration's statistics; every `interval` calls, update T and beta.
 
-        kth_iou / kth_err: 0-dim (or [B] with per_image, averaged over the non-NaN images)
-        tensors, e.g. MatchResult.kth_iou / kth_err. NaN means "no statistic this iteration".
-        Returns True when this call updated T and beta.
+        Args:
+            kth_iou, kth_err: 0-dim (or [B] with per_image, averaged over the non-NaN
+                images) tensors, e.g. MatchResult.kth_iou / kth_err. NaN means "no
+                statistic this iteration".
+
+        Returns:
+            True when this call updated T and beta.
         """
         iou = self._reduce(kth_iou)
         err = self._reduce(kth_err)
@@ -282,6 +328,8 @@ class DynamicState(nn.Module):
 
 
 DIAGNOSTIC_IOUS: Tuple[float, ...] = (0.5, 0.6, 0.7)
+"""MatchDiagnostics' default thresholds: proposals per image are counted at best IoU >=
+each (the paper's Figure 1)."""
 
 
 class MatchDiagnostics(nn.Module):
@@ -311,8 +359,14 @@ class MatchDiagnostics(nn.Module):
     @torch.no_grad()
     def observe(self, max_iou: Tensor, num_images: int, kth_iou: Tensor,
                 kth_err: Tensor) -> None:
-        """max_iou: [N] best IoU of every proposal of the batch (0 in images without ground
-        truth); kth_iou / kth_err: 0-dim or [B] statistics as dynamic_match returns them."""
+        """Add one training iteration to the window.
+
+        Args:
+            max_iou: [N] best IoU of every proposal of the batch (0 in images without
+                ground truth).
+            num_images: the images in the batch (the counts are per image).
+            kth_iou, kth_err: 0-dim or [B] statistics as dynamic_match returns them.
+        """
         counts = (max_iou.float().reshape(-1, 1) >= self.thr.reshape(1, -1)).sum(0)
         stats = torch.stack([self._reduce(kth_iou), self._reduce(kth_err)])
         values = torch.cat([counts.double() / max(num_images, 1), stats])

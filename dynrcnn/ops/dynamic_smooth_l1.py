@@ -31,16 +31,42 @@ class DynamicSmoothL1Function(torch.autograd.Function):
     @staticmethod
     def forward(input: Tensor, target: Tensor, beta: Tensor, weight: Optional[Tensor],
                 reduction: int) -> Tensor:
+        """The loss; call it as `DynamicSmoothL1Function.apply(input, target, beta, weight,
+        reduction)`. The arguments go to the kernel as they are: `dynamic_smooth_l1` checks
+        and converts them first.
+
+        Args:
+            input: the prediction, a float tensor.
+            target: the target, input's shape and dtype.
+            beta: the SmoothL1 beta, a 0-dim float tensor on input's device.
+            weight: multiplies the elementwise loss (input's shape), or None.
+            reduction: 0 ('none'), 1 ('mean') or 2 ('sum').
+        """
         return torch.ops.dynrcnn.dynamic_smooth_l1(input, target, beta, weight, reduction)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
+        """Save what backward needs.
+
+        Args:
+            ctx: the autograd context.
+            inputs: forward's arguments (input, target, beta, weight, reduction).
+            output: forward's result (not needed).
+        """
         input, target, beta, weight, reduction = inputs
         ctx.save_for_backward(input, target, beta, weight)
         ctx.reduction = reduction
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
+        """Gradients of forward's arguments: for input, for target (its negative), and None
+        for beta, weight and reduction.
+
+        Args:
+            ctx: the context setup_context filled.
+            grad_output: gradient of the loss (0-dim for 'sum' and 'mean', input's shape
+                for 'none').
+        """
         input, target, beta, weight = ctx.saved_tensors
         needs_input, needs_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (needs_input or needs_target):
@@ -62,9 +88,19 @@ def dynamic_smooth_l1(
     """SmoothL1(input - target) with `beta` a 0-dim tensor on the inputs' device.
 
     loss = 0.5 * d^2 / beta if |d| < beta else |d| - 0.5 * beta; beta <= 1e-6 gives L1.
-    `weight` (same shape as input, optional) multiplies the elementwise loss. Reduction
-    'sum' (the detectors' use), 'mean' or 'none'. The sum is computed in float32 (float64 for
-    float64 inputs) in a fixed order: identical bits run to run.
+    The sum is computed in float32 (float64 for float64 inputs) in a fixed order: identical
+    bits run to run.
+
+    Args:
+        input: the prediction, a float tensor of any shape.
+        target: the target, input's shape and dtype.
+        beta: the SmoothL1 beta: a 0-dim float tensor on input's device (no host sync), or a
+            Python number.
+        weight: optional, input's shape: multiplies the elementwise loss.
+        reduction: 'sum' (the detectors' use), 'mean' or 'none'.
+
+    Returns:
+        The loss in input's dtype: 0-dim for 'sum' and 'mean', input's shape for 'none'.
     """
     check_tensor("input", input)
     check_tensor("target", target)

@@ -27,6 +27,14 @@ from dynrcnn.modeling.weights import (
     load_fitting_weights,
 )
 
+# Docstrings of the re-exported constants for the API reference (annotations only: the
+# names stay bound to the imported tuples).
+ARCHS: Tuple[str, ...]
+"""The detectors build_detector builds (its `arch`): faster_rcnn (the baseline),
+dynamic_rcnn, cascade_rcnn, mask_rcnn and dynamic_mask_rcnn."""
+BACKBONES: Tuple[str, ...]
+"""The backbones build_detector builds them on (its `backbone`)."""
+
 
 def available_archs() -> Tuple[str, ...]:
     """Names accepted by build_detector's `arch`."""

@@ -210,12 +210,17 @@ def backbone_spec(name: str) -> BackboneSpec:
 def build_backbone(name: str, weights: Optional[PathLike] = None,
                    trainable_layers: Optional[int] = None,
                    pretrained: Optional[bool] = None) -> BackboneWithFPN:
-    """Build backbone `name` (see BACKBONES), optionally from a local weights file.
+    """Build backbone `name`, optionally from a local weights file.
 
-    pretrained (default: whether `weights` is given; a builder loading a whole detector
-    checkpoint sets it too): ResNets then use FrozenBatchNorm2d and train their last
-    `trainable_layers` (default 3) stages, as torchvision's detection builders do; otherwise
-    every layer trains with plain BatchNorm.
+    Args:
+        name: one of BACKBONES.
+        weights: a local file with the trunk's classification weights (e.g. torchvision's
+            ImageNet ResNet) or a backbone state_dict; None: none are loaded.
+        trainable_layers: how many of a pretrained ResNet's last stages train (default 3).
+        pretrained: build for fine-tuning: ResNets then use FrozenBatchNorm2d and train
+            their last `trainable_layers` stages, as torchvision's detection builders do;
+            otherwise every layer trains with plain BatchNorm. Default: whether `weights`
+            is given (a builder loading a whole detector checkpoint sets it too).
     """
     is_trained = weights is not None if pretrained is None else bool(pretrained)
     return backbone_spec(name).build(weights, trainable_layers, is_trained)

@@ -108,7 +108,7 @@ def build_detector(
             is for fine-tuning and evaluation; resume a run by load_state_dict on the model
             it was built as.
         backbone_weights: local file with the trunk's classification weights (torchvision's
-            ImageNet ResNet files) or a backbone state_dict (body.*, fpn.*).
+            ImageNet ResNet files) or a backbone state_dict (`body.*`, `fpn.*`).
         dynamic: DynamicConfig of the dynamic variants (default: the paper's).
         init_weights: local detector checkpoint to fine-tune from, e.g. a torchvision
             model's saved state_dict with other classes: what fits by name and shape loads,
@@ -118,8 +118,8 @@ def build_detector(
         pretrained: build the trunk for fine-tuning (FrozenBatchNorm2d, the last
             trainable_backbone_layers stages trained) or from scratch (BatchNorm2d, all
             trained); default: whether any weights file above is given.
-        **kwargs: torchvision FasterRCNN / MaskRCNN arguments (min_size, max_size, rpn_*,
-            box_*, ...), trainable_backbone_layers, and for cascade_rcnn cascade_iou_thresholds,
+        kwargs: torchvision FasterRCNN / MaskRCNN arguments (min_size, max_size, `rpn_*`,
+            `box_*`, ...), trainable_backbone_layers, and for cascade_rcnn cascade_iou_thresholds,
             cascade_stage_loss_weights, cascade_bbox_reg_weights, cascade_box_loss_beta.
             The dynamic variants default rpn_nms_thresh to 0.85.
     """

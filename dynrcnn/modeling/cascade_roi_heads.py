@@ -40,7 +40,12 @@ CASCADE_BBOX_REG_WEIGHTS: Tuple[Weights4, ...] = (
 
 
 class AgnosticPredictor(nn.Module):
-    """Class scores plus ONE box regression per RoI (Cascade R-CNN regresses class-agnostic)."""
+    """Class scores plus ONE box regression per RoI (Cascade R-CNN regresses class-agnostic).
+
+    Args:
+        in_channels: the width of the box head's output (its representation size).
+        num_classes: classes including background.
+    """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -48,6 +53,8 @@ class AgnosticPredictor(nn.Module):
         self.bbox_pred = nn.Linear(in_channels, 4)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Class logits [R, num_classes] and box deltas [R, 4] of the RoI features `x`
+        ([R, in_channels], or [R, ...] that flattens to it)."""
         x = x.flatten(start_dim=1)
         return self.cls_score(x), self.bbox_pred(x)
 
@@ -56,7 +63,25 @@ class CascadeRoIHeads(RoIHeads):
     """Three-stage cascade of box heads on torchvision's RoIHeads (no mask branch).
 
     Inherits the sampler, target checks and `postprocess_detections` (fed the mean logits
-    and the last stage's deltas, decoded with the last stage's BoxCoder).
+    and the last stage's deltas, decoded with the last stage's BoxCoder). `build` makes the
+    standard heads.
+
+    Args:
+        box_roi_pool: the RoI pooler (torchvision's MultiScaleRoIAlign), shared by the stages.
+        box_heads: one box head per stage (e.g. TwoMLPHead).
+        box_predictors: one predictor per stage, returning class logits and 4 class-agnostic
+            deltas per RoI (AgnosticPredictor).
+        iou_thresholds: each stage's foreground IoU threshold.
+        stage_loss_weights: each stage's weight on its two losses.
+        bbox_reg_weights: each stage's BoxCoder weights (wx, wy, ww, wh).
+        batch_size_per_image: RoIs each stage samples per image in training.
+        positive_fraction: the largest fraction of positives among them.
+        score_thresh, nms_thresh, detections_per_img: inference, as torchvision's RoIHeads:
+            the lowest score kept, the per-class NMS IoU, the detections kept per image.
+        box_loss_beta: SmoothL1 beta of every stage's box loss (mmdetection's 1.0).
+
+    The per-stage sequences need the same length, the number of stages (defaults: the
+    three stages of the module docstring).
     """
 
     def __init__(
@@ -104,7 +129,13 @@ class CascadeRoIHeads(RoIHeads):
               representation_size: int = 1024, **kwargs) -> CascadeRoIHeads:
         """Standard heads: a TwoMLPHead and an AgnosticPredictor per stage.
 
-        in_channels: backbone channels * RoI resolution**2, the box head's input width.
+        Args:
+            box_roi_pool: the RoI pooler.
+            in_channels: backbone channels * RoI resolution**2, the box head's input width.
+            num_classes: classes including background.
+            representation_size: the width of the box heads' two layers.
+            kwargs: the constructor's other arguments; the length of iou_thresholds (three
+                by default) is the number of stages.
         """
         num_stages = len(kwargs.get("iou_thresholds", CASCADE_IOU_THRESHOLDS))
         heads = [TwoMLPHead(in_channels, representation_size) for _ in range(num_stages)]
@@ -114,6 +145,7 @@ class CascadeRoIHeads(RoIHeads):
 
     @property
     def num_stages(self) -> int:
+        """The number of stages."""
         return len(self.stage_heads)
 
     def _stage_forward(self, stage: int, features: Dict[str, Tensor], rois: List[Tensor],

@@ -63,12 +63,24 @@ def dynamic_fastrcnn_loss(
 
     Instead of compacting the positives with torch.where (a host sync), every RoI's deltas
     are gathered and the negatives get weight 0, so this path never waits for the device.
-    `regression_targets` must therefore be finite for negatives too
-    (DynamicRoIHeads.select_training_samples sets them to 0). regression_positive (per
-    image, bool per RoI): the positives whose box is regressed, when they are fewer than the
-    classifier's (DynamicConfig.variant); None: every positive. class_weight (per image,
-    per RoI, in [0, 1]): soft classification targets, weight on the RoI's class and the rest
-    on background (1: the hard label; None: all hard, plain cross entropy).
+
+    Args:
+        class_logits: [R, num_classes], the classifier's logits of the sampled RoIs of all
+            images.
+        box_regression: [R, num_classes * 4] deltas ([R, 4]: class-agnostic).
+        labels: per image, the class of each sampled RoI (0: background).
+        regression_targets: per image, the encoded box targets [R_b, 4]; finite for
+            negatives too (DynamicRoIHeads.select_training_samples sets them to 0).
+        beta: the SmoothL1 beta, a 0-dim tensor on the device.
+        regression_positive: per image, bool per RoI: the positives whose box is regressed,
+            when they are fewer than the classifier's (DynamicConfig.variant); None: every
+            positive.
+        class_weight: per image, per RoI, in [0, 1]: soft classification targets, weight on
+            the RoI's class and the rest on background (1: the hard label; None: all hard,
+            plain cross entropy).
+
+    Returns:
+        The classification loss and the box loss, 0-dim tensors.
     """
     labels_all = torch.cat(labels, dim=0)
     targets = torch.cat(regression_targets, dim=0)
@@ -132,7 +144,22 @@ class DynamicRoIHeads(RoIHeads):
     The arguments are torchvision RoIHeads' minus the fixed IoU thresholds (T comes from
     `dynamic_state`) and the keypoint branch. `dynamic_state` is a submodule, so T, beta and
     their histories follow `.to(device)` and are saved in the model's state_dict.
-    Statistics are recorded on every training-mode forward (also under torch.no_grad()).
+    Statistics are recorded on every training-mode forward (also under torch.no_grad()),
+    and the match diagnostics into the `diagnostics` submodule (MatchDiagnostics).
+
+    Args:
+        box_roi_pool: the RoI pooler (torchvision's MultiScaleRoIAlign).
+        box_head: the box head (e.g. TwoMLPHead).
+        box_predictor: class logits and box deltas per RoI (e.g. FastRCNNPredictor; 4 deltas
+            per RoI: class-agnostic).
+        batch_size_per_image: RoIs sampled per image in training.
+        positive_fraction: the largest fraction of positives among them.
+        bbox_reg_weights: BoxCoder weights (wx, wy, ww, wh); None: (10, 10, 5, 5).
+        score_thresh, nms_thresh, detections_per_img: inference, as torchvision's RoIHeads:
+            the lowest score kept, the per-class NMS IoU, the detections kept per image.
+        mask_roi_pool, mask_head, mask_predictor: the mask branch (Dynamic Mask R-CNN);
+            None: none.
+        dynamic: the DLA / DSL hyperparameters (None: DynamicConfig(), the paper's).
     """
 
     def __init__(
@@ -166,7 +193,12 @@ class DynamicRoIHeads(RoIHeads):
     def from_roi_heads(cls, heads: RoIHeads,
                        dynamic: Optional[DynamicConfig] = None) -> DynamicRoIHeads:
         """The dynamic version of torchvision RoIHeads `heads`, sharing its modules and
-        settings (sampler, box coder, score/NMS thresholds, mask branch)."""
+        settings (sampler, box coder, score/NMS thresholds, mask branch).
+
+        Args:
+            heads: torchvision RoIHeads without a keypoint branch.
+            dynamic: the DLA / DSL hyperparameters (None: DynamicConfig(), the paper's).
+        """
         if heads.has_keypoint():
             raise NotImplementedError("DynamicRoIHeads has no keypoint branch")
         sampler = heads.fg_bg_sampler
@@ -188,7 +220,15 @@ class DynamicRoIHeads(RoIHeads):
         """Match all images' proposals in one fused call at the current T and record the
         k-th largest IoU / k-th smallest regression error (KI, Kbeta per image, times the
         number of images unless per_image). With stats_with_gt the ground-truth copies join
-        the match (and so the statistics); the result still has one row per proposal."""
+        the match (and so the statistics); the result still has one row per proposal.
+
+        Args:
+            proposals: per image, its proposals [N_b, 4].
+            gt_boxes: per image, its ground-truth boxes [G_b, 4], in the proposals' dtype.
+
+        Returns:
+            The batch's MatchResult, images concatenated in order.
+        """
         config = self.dynamic_state.config
         device = proposals[0].device
         scale = 1 if config.per_image else len(proposals)
@@ -223,9 +263,14 @@ class DynamicRoIHeads(RoIHeads):
     ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
         """Label, sample and encode the RoIs of one batch; torchvision's contract.
 
-        Returns per image: the sampled RoIs, the index of each one's ground truth WITHIN its
-        image (0 for background RoIs, as torchvision), its class label (0 = background) and
-        its regression target (0 for negatives and for ground-truth copies).
+        Args:
+            proposals: per image, the RPN proposals [N_b, 4].
+            targets: per image, a dict with "boxes" [G_b, 4] and int64 "labels" [G_b].
+
+        Returns:
+            Per image: the sampled RoIs, the index of each one's ground truth WITHIN its
+            image (0 for background RoIs, as torchvision), its class label (0 = background)
+            and its regression target (0 for negatives and for ground-truth copies).
         """
         return self._select_samples(proposals, targets)[:4]
 
@@ -329,7 +374,20 @@ class DynamicRoIHeads(RoIHeads):
         image_shapes: List[Tuple[int, int]],
         targets: Optional[Targets] = None,
     ) -> Tuple[List[Dict[str, Tensor]], Dict[str, Tensor]]:
-        """Training: dynamic sampling and losses. Inference: torchvision's RoIHeads.forward."""
+        """Training: dynamic sampling and losses. Inference: torchvision's RoIHeads.forward.
+
+        Args:
+            features: the backbone's feature maps by name.
+            proposals: per image, the RPN proposals [N_b, 4].
+            image_shapes: per image, its (height, width) after the model's transform.
+            targets: per image, "boxes" and "labels" (and "masks" with the mask branch);
+                needed in training only.
+
+        Returns:
+            (detections, losses): in training ([], {"loss_classifier", "loss_box_reg"} plus
+            "loss_mask" with the mask branch); in inference (per image a dict of "boxes",
+            "labels", "scores" (and "masks"), {}).
+        """
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
         if self.has_keypoint():

@@ -275,7 +275,12 @@ def export_torchvision(model: FasterRCNN,
     {"constructor", "kwargs", "state_dict", "categories"}, such that
     `getattr(torchvision.models.detection, f["constructor"])(weights=None,
     weights_backbone=None, **f["kwargs"]).load_state_dict(f["state_dict"])` loads strictly.
-    categories: [{"id", "name"}] by label (label k is entry k - 1)."""
+
+    Args:
+        model: a detector with a torchvision constructor (see `torchvision_constructor`;
+            NoTorchvisionConstructor otherwise).
+        categories: [{"id", "name"}] by label (label k is entry k - 1), stored as they are.
+    """
     spec = torchvision_constructor(model)
     stock = _stock_with_weights(model, spec)
     return {"constructor": spec.name, "kwargs": dict(spec.kwargs),

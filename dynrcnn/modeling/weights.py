@@ -69,7 +69,12 @@ def load_state_loosely(model: nn.Module, state: Mapping[str, Tensor]) -> None:
 
 def load_detector_weights(model: nn.Module, path: PathLike) -> None:
     """Load a local detector checkpoint strictly, except for training state (see
-    `weights_mismatch`)."""
+    `weights_mismatch`); RuntimeError naming the file and the first misfit otherwise.
+
+    Args:
+        model: the detector to load into.
+        path: a local checkpoint (model_*.pth) or state_dict file.
+    """
     state = read_state_dict(path)
     why = weights_mismatch(model, state)
     if why is not None:
@@ -83,9 +88,16 @@ class InitWeightsError(ValueError):
 
 @dataclass
 class InitReport:
-    """What `load_fitting_weights` did. reinitialized: (name, shape in the file, shape in
-    the model) of class-dependent tensors left at their fresh initialization; fresh: model
-    tensors of a branch the file lacks; skipped: file tensors of a branch the model lacks."""
+    """What `load_fitting_weights` did.
+
+    Attributes:
+        loaded: the number of the model's tensors loaded from the file.
+        total: the number of the model's tensors (training state aside).
+        reinitialized: (name, shape in the file, shape in the model) of class-dependent
+            tensors left at their fresh initialization.
+        fresh: model tensors of a branch the file lacks.
+        skipped: file tensors of a branch the model lacks.
+    """
 
     loaded: int
     total: int
@@ -95,7 +107,7 @@ class InitReport:
 
     def summary(self, source: str = "the file") -> str:
         """One line naming every tensor that was not loaded (fresh/skipped branches by
-        their prefix and count)."""
+        their prefix and count); `source` names the file in it."""
         text = f"init-weights {source}: loaded {self.loaded} of {self.total} tensors"
         if self.reinitialized:
             names = ", ".join(f"{k} {a}->{b}" for k, a, b in self.reinitialized)
@@ -135,7 +147,15 @@ def _in_optional_branch(key: str) -> bool:
 
 def load_fitting_weights(model: nn.Module, state: Mapping[str, Tensor]) -> InitReport:
     """Fine-tuning load (see the module docstring); raises InitWeightsError naming the
-    first tensor that does not fit otherwise. Nothing is loaded when it raises."""
+    first tensor that does not fit otherwise. Nothing is loaded when it raises.
+
+    Args:
+        model: the detector to load into.
+        state: a state_dict (a detector's, e.g. torchvision's).
+
+    Returns:
+        The InitReport of what was loaded, re-initialized, left fresh or skipped.
+    """
     own = model.state_dict()
     prefixes = _class_dependent_prefixes(model)
     report = InitReport(loaded=0, total=sum(1 for k in own if not is_training_state(k)))
@@ -171,7 +191,12 @@ def load_fitting_weights(model: nn.Module, state: Mapping[str, Tensor]) -> InitR
 
 
 def init_from_file(model: nn.Module, path: PathLike) -> InitReport:
-    """`load_fitting_weights` from a local checkpoint or state_dict file; errors name it."""
+    """`load_fitting_weights` from a local checkpoint or state_dict file; errors name it.
+
+    Args:
+        model: the detector to load into.
+        path: a local checkpoint (model_*.pth) or state_dict file.
+    """
     state = read_state_dict(path)
     try:
         return load_fitting_weights(model, state)

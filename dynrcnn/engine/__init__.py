@@ -8,6 +8,8 @@ dynrcnn.data and dynrcnn.modeling are imported when a model or dataset is built,
 `import dynrcnn.engine` stays light.
 """
 
+from typing import Tuple
+
 from dynrcnn.engine.builders import build_model, get_dynamic_state, load_model_for_eval
 from dynrcnn.engine.checkpoint import (
     Checkpointer,
@@ -45,6 +47,12 @@ from dynrcnn.engine.plots import plot_training_curves
 from dynrcnn.engine.presets import ensure_synthetic_data, small_cpu_config
 from dynrcnn.engine.schedule import WarmupMultiStep, build_optimizer, build_scheduler
 from dynrcnn.engine.trainer import Trainer, effective_lr, train
+
+# The docstring of a re-exported constant for the API reference (an annotation only: the
+# name stays bound to the imported tuple).
+METRIC_NAMES: Tuple[str, ...]
+"""The metrics `evaluate` reports per IoU type: COCO's AP (IoU 0.5:0.95), AP at IoU 0.5,
+0.6, 0.7, 0.75, 0.8 and 0.9 (AP50 ... AP90), and AP of small, medium and large objects."""
 
 __all__ = [
     "METRIC_NAMES",

@@ -175,10 +175,11 @@ def _model_kwargs(config: TrainConfig | EvalConfig) -> Dict[str, Any]:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The detector of a training config (weights / init_weights / backbone_weights loaded
-    if set). Weights of a Dynamic R-CNN trained with another interval load without its
-    history. With init_weights, the main process prints one line saying what loaded and
-    what was re-initialized."""
+    """The detector of a training `config` (weights / init_weights / backbone_weights loaded
+    if set), with `num_classes` classes including background (the config's num_classes,
+    or the training set's). Weights of a Dynamic R-CNN trained with another interval load
+    without its history. With init_weights, the main process prints one line saying what
+    loaded and what was re-initialized."""
     from dynrcnn.modeling import build_detector
 
     dynamic = config.dynamic if config.arch in DYNAMIC_ARCHS else None

@@ -80,18 +80,21 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[Any]:
 
 
 def atomic_save(obj: Any, path: PathLike) -> None:
-    """torch.save(obj, path), atomically."""
+    """torch.save(obj, path), atomically: a reader finds the old file or the whole new one
+    at `path`, never half a file (see the module docstring)."""
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
 
 
 def atomic_write_text(text: str, path: PathLike) -> None:
+    """Write `text` into the file `path` atomically (as `atomic_save`); the directory is
+    created when missing."""
     with atomic_open(path, "w") as f:
         f.write(text)
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """torch.load with weights_only=True onto the CPU."""
+    """torch.load of the file `path` with weights_only=True onto the CPU."""
     return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
 
 
@@ -113,7 +116,8 @@ def capture_rng_state() -> Dict[str, Any]:
 
 
 def restore_rng_state(state: Dict[str, Any]) -> None:
-    """Inverse of capture_rng_state (CUDA states only when CUDA is in use here too)."""
+    """Set the RNGs to `state`, a dict of capture_rng_state's (the CUDA states only when
+    CUDA is available here with as many devices)."""
     version, internal, gauss = state["python"]
     random.setstate((int(version), tuple(int(x) for x in internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -132,18 +136,32 @@ class Checkpointer:
     """Saves `model_<iteration>.pth` files and the `last_checkpoint` pointer in a directory.
 
     Only the caller decides who saves (rank 0); this class does no communication.
+
+    Args:
+        directory: the run directory the checkpoints go into.
     """
 
     def __init__(self, directory: PathLike) -> None:
         self.directory = os.fspath(directory)
 
     def path_for(self, iteration: int, final: bool = False) -> str:
+        """The file of the checkpoint at `iteration` (model_<iteration, 7 digits>.pth), or
+        model_final.pth when `final`."""
         name = FINAL_NAME if final else f"model_{iteration:07d}.pth"
         return os.path.join(self.directory, name)
 
     def save(self, state: Dict[str, Any], iteration: int, final: bool = False) -> str:
         """Write the checkpoint atomically, then the pointer (also atomically), so the
-        pointer always names a complete file."""
+        pointer always names a complete file.
+
+        Args:
+            state: what to save (tensors and plain containers: see the module docstring).
+            iteration: the iteration it was taken at (its file name, see `path_for`).
+            final: save as model_final.pth instead.
+
+        Returns:
+            The path written.
+        """
         path = self.path_for(iteration, final)
         atomic_save(state, path)
         atomic_write_text(os.path.basename(path) + "\n", os.path.join(self.directory, POINTER))

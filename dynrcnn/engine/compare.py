@@ -36,7 +36,13 @@ def load_run_metrics(run_dir: str) -> Dict[str, float]:
 def compare_runs(run_dirs: Sequence[str], out_dir: str,
                  names: Optional[Sequence[str]] = None) -> str:
     """AP-per-IoU-threshold table (compare.md) and plot (ap_vs_iou.png) of several runs
-    side by side, written into out_dir; returns the table."""
+    side by side, written into out_dir; returns the table.
+
+    Args:
+        run_dirs: the run directories, each with metrics (see `load_run_metrics`).
+        out_dir: the directory to write compare.md and ap_vs_iou.png into.
+        names: one row name per run (None: the directories' base names).
+    """
     names = list(names) if names else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
     if len(names) != len(run_dirs):
         raise UsageError(f"--names: give one name per run ({len(run_dirs)} runs, "
@@ -52,7 +58,8 @@ def compare_runs(run_dirs: Sequence[str], out_dir: str,
 
 
 def plot_ap_vs_iou(table: Dict[str, Dict[str, float]], out: str) -> str:
-    """AP (x100) against the IoU threshold, one line per row of `table`; returns out."""
+    """Plot AP (x100) against the IoU threshold (AP50 to AP90), one line per row of `table`
+    ({name: metrics}), into the PNG file `out`; returns out."""
     import matplotlib
 
     matplotlib.use("Agg")

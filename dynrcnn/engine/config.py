@@ -55,47 +55,90 @@ class TrainConfig:
     one line per log iteration at most every `log_seconds` seconds (0: every one).
 
     data_dir: folder in make_synthetic_coco's layout; fills the four paths below
+
     train_images: folder the train annotation file's file_names are relative to
+
     train_ann: COCO-format annotation file of the training split
+
     val_images: folder the val annotation file's file_names are relative to
+
     val_ann: COCO-format annotation file of the validation split
+
     arch: the detector
+
     backbone: the detector's backbone
+
     num_classes: classes including background (none: the training set's + 1)
+
     weights: local detector checkpoint or state_dict of this very model (strict)
+
     init_weights: local detector checkpoint to fine-tune from (torchvision's too): what fits
         loads, a predictor for other classes is re-initialized, one line says which
+
     backbone_weights: local file with the backbone's weights (e.g. ImageNet ResNet)
+
     min_size: images are resized so that their short side is this long
+
     max_size: ... and their long side at most this long
+
     model_kwargs: further build_detector / torchvision arguments, as a JSON object
+
+    dynamic: DynamicConfig of the dynamic detectors (each field its own --dynamic-* option)
+
     out_dir: the run directory (config, log, checkpoints, evaluations, curves)
+
     iterations: training iterations (one batch per process each)
+
     batch_size: images per process and iteration
+
     lr: learning rate for a total batch of lr_reference_batch images
+
     lr_reference_batch: the total batch lr is given for
+
     scale_lr: scale lr linearly to the actual total batch
+
     momentum: SGD momentum
+
     weight_decay: SGD weight decay
+
     warmup_iters: iterations of linear warmup
+
     warmup_factor: lr factor at the start of the warmup
+
     steps: fractions of the run at which the lr is multiplied by gamma (8/12 accepted)
+
     gamma: lr factor at each step
+
     grad_clip: clip the gradient norm to this value (none: no clipping)
+
     amp: mixed precision (CUDA only)
+
     hflip: probability of a horizontal flip of a training image
+
     seed: seed of the model initialization, the data order and the sampling
+
     num_workers: data loader processes per training process
+
     checkpoint_period: save a checkpoint every this many iterations
+
     log_period: write a log record every this many iterations
+
     eval_period: evaluate on the val split every this many iterations (0: never)
+
     resume: continue from out_dir's last checkpoint
+
     overwrite: delete the files of an earlier run in out_dir first
+
     keep_checkpoints: periodic checkpoints to keep (0: all)
+
     log_seconds: without a progress bar, at most one progress line per this many seconds
+
     device: cpu, cuda or cuda:N (none: CUDA when available)
+
     find_unused_parameters: DistributedDataParallel's option of that name
+
     progress: progress bar on a terminal (else, and when piped: progress lines)
+
     plot: draw curves.png at the end
     """
 
@@ -189,20 +232,35 @@ class EvalConfig:
     COCO's results format, with the data set's own image and category ids.
 
     weights: the checkpoint (model_*.pth) or state_dict to evaluate
+
     data_dir: folder in make_synthetic_coco's layout; fills val_images / val_ann
+
     val_images: folder the annotation file's file_names are relative to
+
     val_ann: COCO-format annotation file to evaluate on
+
     arch: the detector of a bare state_dict (none: the checkpoint's, else dynamic_rcnn)
+
     backbone: its backbone (none: the checkpoint's, else resnet50_fpn)
+
     num_classes: its classes including background (none: the checkpoint's)
+
     min_size: test-time short side (none: the checkpoint's, else 800)
+
     max_size: test-time longest side (none: the checkpoint's, else 1333)
+
     model_kwargs: test-time build_detector arguments, e.g. {"box_score_thresh": 0.0}
+
     out_dir: where metrics.json / metrics.md go (give a run directory for `compare`)
+
     batch_size: images per inference batch
+
     num_workers: data loader processes
+
     device: cpu, cuda or cuda:N (none: CUDA when available)
+
     progress: progress bar on a terminal
+
     save_detections: also write the detections (results_bbox.json, COCO results format)
     """
 
@@ -228,6 +286,7 @@ class EvalConfig:
                       non_negative=("num_workers",))
 
     def data_paths(self) -> Dict[str, Optional[str]]:
+        """val image folder and annotation file, data_dir filling the gaps."""
         return resolve_data_paths(self.data_dir, {"val_images": self.val_images,
                                                   "val_ann": self.val_ann})
 
@@ -264,13 +323,15 @@ PER_INVOCATION_FIELDS: Tuple[str, ...] = ("resume", "overwrite")
 
 
 def config_to_dict(config: Any) -> Dict[str, Any]:
-    """A plain, JSON-serializable dict (nested dataclasses become dicts, tuples lists)."""
+    """`config` (a config dataclass) as a plain, JSON-serializable dict (nested dataclasses
+    become dicts, tuples lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def config_from_dict(cls: Type[T], data: Dict[str, Any], _prefix: str = "") -> T:
-    """Inverse of config_to_dict; unknown keys are an error (a typo must not pass silently).
-    A nested dataclass may be given partially (its other fields keep their defaults)."""
+    """Inverse of config_to_dict: the dataclass `cls` from the dict `data`; unknown keys are
+    an error (a typo must not pass silently). A nested dataclass may be given partially
+    (its other fields keep their defaults); missing fields keep theirs too."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -297,8 +358,9 @@ def config_from_dict(cls: Type[T], data: Dict[str, Any], _prefix: str = "") -> T
 
 
 def save_config(config: Any, path: str) -> None:
-    """Write config as indented JSON, atomically (a reader never sees half a file); the
-    per-invocation fields (resume, overwrite) are left out."""
+    """Write `config` (a config dataclass) to the file `path` as indented JSON, atomically (a
+    reader never sees half a file); the per-invocation fields (resume, overwrite) are left
+    out."""
     data = {k: v for k, v in config_to_dict(config).items() if k not in PER_INVOCATION_FIELDS}
     atomic_write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
@@ -328,6 +390,8 @@ def read_config_file(cls: Type[Any], path: str) -> Dict[str, Any]:
 
 
 def load_config(cls: Type[T], path: str) -> T:
+    """The dataclass `cls` (TrainConfig, EvalConfig) from the config.json at `path`; the
+    per-invocation fields in it are ignored, errors are UsageErrors naming the file."""
     return config_from_dict(cls, read_config_file(cls, path))
 
 

@@ -23,8 +23,16 @@ from dynrcnn.engine.config import UsageError
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process stands: rank, world size, its device, and whether
-    init_distributed created the process group (then shutdown() destroys it)."""
+    """Where this process stands (init_distributed returns it).
+
+    Attributes:
+        rank: this process's rank (0 in a single process).
+        world_size: the number of processes.
+        local_rank: its rank on this machine (torchrun's LOCAL_RANK), its GPU's index.
+        device: the device it computes on.
+        initialized_here: whether init_distributed created the process group (then
+            shutdown() destroys it).
+    """
 
     rank: int
     world_size: int
@@ -34,6 +42,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes files and logs."""
         return self.rank == 0
 
 
@@ -66,7 +75,13 @@ def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
 def init_distributed(device: Optional[str] = None, timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL on GPUs, gloo on the CPU. Without those
-    variables (or WORLD_SIZE=1) this is a single process and nothing is initialized."""
+    variables (or WORLD_SIZE=1) this is a single process and nothing is initialized.
+
+    Args:
+        device: cpu, cuda or cuda:N; None: CUDA when available. "cuda" means this process's
+            GPU, cuda:<LOCAL_RANK>, which becomes the current CUDA device.
+        timeout_s: the process group's timeout for collectives, in seconds.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
@@ -163,6 +178,9 @@ def sync_dynamic_state(state: DynamicState) -> None:
     A different record count means the ranks went out of step: that is an error, since
     their update() collectives no longer pair up. A different T or beta (which should not
     happen) is reported and overwritten with rank 0's values. Collective: call on all ranks.
+
+    Args:
+        state: this rank's DynamicState (the model's roi_heads.dynamic_state).
     """
     if not is_distributed():
         return

@@ -52,8 +52,17 @@ COCOResult = Dict[str, Any]
 def detections_to_coco(output: Mapping[str, Tensor], image_id: int,
                        label_to_cat_id: Mapping[int, int], masks: bool = False,
                        mask_threshold: float = 0.5) -> List[COCOResult]:
-    """One image's detections (torchvision output: boxes xyxy, labels, scores, masks
-    [N,1,H,W] probabilities) as COCO result dicts (bbox xywh; segmentation as RLE)."""
+    """One image's detections as COCO result dicts (bbox xywh; segmentation as RLE).
+
+    Args:
+        output: torchvision's detections of the image: "boxes" [N, 4] (x1, y1, x2, y2),
+            "labels", "scores", and with masks "masks" [N, 1, H, W] probabilities.
+        image_id: the image's COCO id.
+        label_to_cat_id: the model's label -> COCO category id (as
+            CocoDetection.label_to_cat_id); a label without one is a KeyError.
+        masks: also encode each mask as the result's "segmentation".
+        mask_threshold: the probability above which a pixel belongs to the mask.
+    """
     boxes = output["boxes"].detach().float().cpu()
     if boxes.numel() == 0:
         return []
@@ -127,7 +136,14 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
 def ap_at_iou(coco_eval: Any, iou: float, area: str = "all", max_dets: int = 100) -> float:
     """AP at one IoU threshold from COCOeval.eval['precision'] ([T, R, K, A, M]), computed
     as COCOeval.summarize computes AP50: mean over recall points and classes of the
-    entries > -1 (-1 when there are none)."""
+    entries > -1 (-1 when there are none).
+
+    Args:
+        coco_eval: an evaluated and accumulated COCOeval.
+        iou: one of its IoU thresholds (0.5, 0.55, ..., 0.95).
+        area: one of its area ranges: "all", "small", "medium" or "large".
+        max_dets: one of its detections-per-image limits (1, 10, 100).
+    """
     params = coco_eval.params
     t = np.where(np.isclose(params.iouThrs, iou))[0]
     if t.size == 0:
@@ -165,7 +181,18 @@ def coco_evaluate(coco_gt: Any, results: Sequence[COCOResult], iou_type: str = "
                   verbose: bool = False) -> Dict[str, float]:
     """COCOeval of `results` against `coco_gt`; METRIC_NAMES. No detections at all gives
     COCOeval's own numbers for that case (0 where there is ground truth, else -1) and a
-    warning instead of pycocotools' crash."""
+    warning instead of pycocotools' crash.
+
+    Args:
+        coco_gt: the ground truth, a pycocotools COCO.
+        results: COCO result dicts (as detections_to_coco makes them).
+        iou_type: "bbox" or "segm".
+        image_ids: the images to score (None: every image of coco_gt).
+        verbose: let pycocotools print its progress and tables.
+
+    Returns:
+        {metric: value} for every name of METRIC_NAMES.
+    """
     from pycocotools.cocoeval import COCOeval
 
     if iou_type not in ("bbox", "segm"):
@@ -197,9 +224,10 @@ def coco_evaluate(coco_gt: Any, results: Sequence[COCOResult], iou_type: str = "
 
 
 def format_metrics_table(metrics: Mapping[str, Any], percent: bool = True) -> str:
-    """A Markdown table: one row per entry of {row name: {metric: value}} (e.g. {'bbox':
-    ..., 'segm': ...} or {run: ...}), or a single row for a flat {metric: value}. Values are
-    shown x100 with one decimal (the paper's style) unless percent=False; -1 shows as '-'."""
+    """`metrics` as a Markdown table: one row per entry of {row name: {metric: value}} (e.g.
+    {'bbox': ..., 'segm': ...} or {run: ...}), or a single row for a flat {metric: value}.
+    Values are shown x100 with one decimal (the paper's style) unless percent=False; -1
+    shows as '-'."""
     if metrics and all(isinstance(v, (int, float)) for v in metrics.values()):
         rows: Dict[str, Mapping[str, Any]] = {"": metrics}
     else:
@@ -246,6 +274,18 @@ def evaluate(model: nn.Module, dataset: Any, device: Optional[torch.device] = No
     results_<iou_type>.json with save_results). The model's train/eval mode is restored.
     Collective under torch.distributed: call it on every rank; the ranks first take rank
     0's buffers (BatchNorm statistics), so every shard is scored with the same model.
+
+    Args:
+        model: the detector (or its DistributedDataParallel wrapper).
+        dataset: the images and their ground truth: items (image, target) and the
+            attributes coco, ids and label_to_cat_id, as CocoDetection has them.
+        device: where inference runs (None: the model's device).
+        batch_size: images per inference batch.
+        num_workers: data loader processes.
+        out_dir: where rank 0 writes the metrics (None: nowhere).
+        iou_types: "bbox" and/or "segm" (None: bbox, plus segm for mask models).
+        progress: a progress bar on rank 0's terminal.
+        save_results: also write the detections to out_dir.
     """
     net = unwrap(model)
     broadcast_buffers(net)

@@ -34,7 +34,8 @@ from dynrcnn.engine.distributed import all_reduce_min, is_distributed
 
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (process killed mid-write) is skipped."""
+    """Records of the JSONL file `path` ([] when there is no such file); a torn last line
+    (process killed mid-write) is skipped."""
     if not os.path.isfile(path):
         return []
     records = []

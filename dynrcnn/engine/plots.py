@@ -33,7 +33,13 @@ def plot_training_curves(log_path: str, out_path: str,
     non-dynamic detector) are left out. Logs with the Figure-1 diagnostics (props_iou50/60/
     70, kth_iou, kth_err: written by Dynamic R-CNN heads, fixed T included) get a second
     row: proposals per image above each IoU, the KI-th IoU beside T, the Kbeta-th error
-    beside beta. Returns out_path."""
+    beside beta. Returns out_path.
+
+    Args:
+        log_path: the run's log.jsonl (read when records is None; named in errors).
+        out_path: the PNG file to write (its directory is created).
+        records: the log's records, when already read.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines

@@ -11,7 +11,15 @@ from dynrcnn.engine.config import TrainConfig, config_from_dict
 
 def ensure_synthetic_data(data_dir: str, num_train: int, num_val: int, image_size: int,
                           verbose: bool = True) -> bool:
-    """Write the synthetic set into data_dir unless it is there already; True if written."""
+    """Write the synthetic set (seed 0) into data_dir unless it is there already (its
+    annotations/instances_val.json exists); True if written.
+
+    Args:
+        data_dir: the data set's directory, in make_synthetic_coco's layout.
+        num_train, num_val: the number of images of the train and val splits.
+        image_size: the images' side in pixels (they are square).
+        verbose: say so on stdout (rank 0 only) when writing.
+    """
     if os.path.isfile(os.path.join(data_dir, "annotations", "instances_val.json")):
         return False
     from dynrcnn.data import make_synthetic_coco
@@ -31,8 +39,23 @@ def small_cpu_config(data_dir: str, out_dir: str, arch: str = "dynamic_rcnn",
                      **overrides: Any) -> TrainConfig:
     """The TrainConfig of the CPU demo and of the small-scale ablation: tiny_fpn backbone,
     batch 4, lr 0.02 with gradient clipping, the 1x schedule's decays at 8/12 and 11/12.
-    `model_kwargs` are added to (or override) the detector arguments below; `overrides`
-    are further TrainConfig fields (e.g. progress=False, keep_checkpoints=2)."""
+    300 proposals and 128 sampled RoIs per image, KI 15 and Kbeta 4 (the paper's 75 and 10
+    scaled to them).
+
+    Args:
+        data_dir: the data set's directory (TrainConfig.data_dir).
+        out_dir: the run directory.
+        arch: the detector (one of modeling.ARCHS).
+        iterations: training iterations; the warmup, checkpoint and evaluation periods
+            follow from it.
+        interval: DynamicConfig.interval, the iterations between updates of T and beta.
+        image_size: min_size and max_size of the detector's transform.
+        resume: continue the run in out_dir.
+        seed: the run's seed.
+        dynamic: further DynamicConfig fields, over the ones above.
+        model_kwargs: added to (or overriding) the detector arguments above.
+        overrides: further TrainConfig fields (e.g. progress=False, keep_checkpoints=2).
+    """
     return config_from_dict(TrainConfig, {
         "data_dir": data_dir, "arch": arch, "backbone": "tiny_fpn",
         "min_size": image_size, "max_size": image_size,

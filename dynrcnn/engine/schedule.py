@@ -24,6 +24,12 @@ class WarmupMultiStep:
     A callable object rather than a lambda because LambdaLR saves the __dict__ of
     callable objects in its state_dict: the schedule travels with the checkpoint, and it
     holds only numbers, so the checkpoint still loads with weights_only=True.
+
+    Args:
+        milestones: increasing iterations from which on the factor has one more gamma.
+        gamma: the decay at each milestone.
+        warmup_iters: the iterations of the warmup (0: none).
+        warmup_factor: the factor at iteration 0 of the warmup.
     """
 
     def __init__(self, milestones: Sequence[int], gamma: float = 0.1,
@@ -47,7 +53,14 @@ class WarmupMultiStep:
 def build_optimizer(model: nn.Module, lr: float, momentum: float = 0.9,
                     weight_decay: float = 1e-4) -> torch.optim.SGD:
     """SGD over the trainable parameters, weight decay on all of them (torchvision's and
-    detectron2's default)."""
+    detectron2's default).
+
+    Args:
+        model: the model whose parameters with requires_grad are optimized.
+        lr: the base learning rate (the scheduler multiplies it).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -57,7 +70,17 @@ def build_optimizer(model: nn.Module, lr: float, momentum: float = 0.9,
 def build_scheduler(optimizer: torch.optim.Optimizer, max_iter: int, steps: Sequence[float],
                     gamma: float = 0.1, warmup_iters: int = 0,
                     warmup_factor: float = 1.0 / 3.0) -> LambdaLR:
-    """LambdaLR stepped once per iteration: after k steps the lr is base * factor(k)."""
+    """LambdaLR stepped once per iteration: after k steps the lr is base * factor(k), with
+    factor a WarmupMultiStep.
+
+    Args:
+        optimizer: the optimizer whose learning rates are scheduled.
+        max_iter: the run's iterations.
+        steps: fractions of max_iter at which the lr is multiplied by gamma.
+        gamma: the decay at each step.
+        warmup_iters: iterations of linear warmup (at most max_iter).
+        warmup_factor: the lr factor at the start of the warmup.
+    """
     schedule = WarmupMultiStep(milestones_for(max_iter, steps), gamma,
                                min(warmup_iters, max_iter), warmup_factor)
     return LambdaLR(optimizer, schedule)

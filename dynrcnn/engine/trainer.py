@@ -77,7 +77,8 @@ def seed_everything(seed: int) -> None:
 
 
 def effective_lr(config: TrainConfig, world_size: int) -> float:
-    """config.lr, linearly scaled to the total batch when config.scale_lr."""
+    """config.lr, linearly scaled to the total batch (config.batch_size * `world_size`, the
+    number of processes) when config.scale_lr."""
     if not config.scale_lr:
         return config.lr
     return config.lr * config.batch_size * world_size / config.lr_reference_batch
@@ -87,9 +88,12 @@ class Trainer:
     """Builds everything in __init__ (and loads the last checkpoint when config.resume);
     train() runs to config.iterations and returns a summary.
 
-    train_dataset / val_dataset: datasets with CocoDetection's interface; by default built
-    from the config's paths. hooks: callables (trainer, iteration) run on every rank after
-    each iteration (after its checkpoint), e.g. for extra logging.
+    Args:
+        config: the run's TrainConfig.
+        train_dataset, val_dataset: datasets with CocoDetection's interface; by default
+            built from the config's paths.
+        hooks: callables (trainer, iteration) run on every rank after each iteration (after
+            its checkpoint), e.g. for extra logging.
     """
 
     def __init__(self, config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None,
@@ -205,7 +209,8 @@ class Trainer:
                 RuntimeWarning, stacklevel=4)
 
     def checkpoint_state(self, iteration: int) -> Dict[str, Any]:
-        """Everything a resume needs; collective (gathers every rank's RNG state)."""
+        """Everything a resume needs at `iteration` (the iterations done); collective
+        (gathers every rank's RNG state)."""
         rng = gather_objects(capture_rng_state())
         return {
             "format": CHECKPOINT_FORMAT,
@@ -222,7 +227,15 @@ class Trainer:
         }
 
     def save_checkpoint(self, iteration: int, final: bool = False) -> Optional[str]:
-        """Collective: verify T/beta across ranks, gather RNG states, rank 0 writes."""
+        """Collective: verify T/beta across ranks, gather RNG states, rank 0 writes.
+
+        Args:
+            iteration: the iterations done (the file's name, see Checkpointer.path_for).
+            final: write model_final.pth instead.
+
+        Returns:
+            The file written on rank 0, None on the other ranks.
+        """
         broadcast_buffers(self.model)  # one set of BatchNorm statistics in the checkpoint
         if self.dynamic_state is not None:
             sync_dynamic_state(self.dynamic_state)
@@ -251,12 +264,14 @@ class Trainer:
 
     @property
     def val_dataset(self) -> Any:
+        """The validation set: the one given, else built from the config on first use."""
         if self._val_dataset is None:
             self._val_dataset = build_val_dataset(self.config)
         return self._val_dataset
 
     def evaluate(self, iteration: int) -> Dict[str, Any]:
-        """COCO metrics on the val set (collective); rank 0 appends them to eval.jsonl."""
+        """COCO metrics on the val set (collective); rank 0 writes them into
+        eval_<iteration>/ and appends them to eval.jsonl, as the metrics at `iteration`."""
         from dynrcnn.engine.evaluator import evaluate
 
         cfg = self.config
@@ -450,7 +465,8 @@ class Trainer:
 
 def train(config: TrainConfig, train_dataset: Any = None, val_dataset: Any = None,
           hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
-    """Trainer(config, ...).train(), leaving the process group afterwards (the CLI entry)."""
+    """Trainer(config, train_dataset, val_dataset, hooks).train(), leaving the process group
+    afterwards (the CLI entry); see Trainer for the arguments. Returns the summary."""
     trainer = Trainer(config, train_dataset, val_dataset, hooks)
     try:
         summary = trainer.train()

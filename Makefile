@@ -71,7 +71,7 @@ bench: install
 	$(PY) benchmarks/bench_detectors.py
 
 lint: $(DEPS_LIST)
-	$(VENV)/bin/ruff check dynrcnn tests benchmarks setup.py
+	$(VENV)/bin/ruff check dynrcnn tests benchmarks setup.py scripts
 
 # The API reference, from the docstrings (pdoc): build/docs/api/index.html. Any pdoc warning
 # fails it; tests/test_api_docs.py runs the same build in `make test`.

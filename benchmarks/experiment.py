@@ -45,9 +45,10 @@ from dynrcnn.data.recipes import STUDY_RECIPES
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import UsageError
 from dynrcnn.study import ARMS, CORE, Runner, StudySpec, plan, quick_spec
+from dynrcnn.study.archive import archive_runs
 from dynrcnn.study.arms import BASELINE, seeds_for, select_arms
 from dynrcnn.study.curve import run_learning_curve
-from dynrcnn.study.report import archive_runs, git_commit, hardware, report_study
+from dynrcnn.study.report import git_commit, hardware, report_study
 from dynrcnn.study.runner import recorded_run_settings
 
 DEFAULT_RESULTS = "benchmarks/results/study_cpu.md"

@@ -1,4 +1,5 @@
-"""The `dynrcnn` command: train, eval, predict, export, plot, compare, make-synthetic, demo.
+"""The `dynrcnn` command: train, eval, study, predict, export, plot, compare, make-synthetic,
+demo.
 
 Every TrainConfig / EvalConfig field is a flag (`dynrcnn train --help`). `--config FILE`
 starts from a saved config.json; a flag given on the command line always wins over the
@@ -151,6 +152,24 @@ def cmd_make_synthetic(argv: Sequence[str]) -> int:
     return synthetic_main(list(argv), prog=f"{PROG} make-synthetic")
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """Arms x seeds on the user's data, then the paired report (dynrcnn.study.command)."""
+    import shlex
+
+    from dynrcnn.engine import TrainConfig
+    from dynrcnn.engine.config import given_fields
+    from dynrcnn.study.command import StudyRequest, common_config, run
+
+    base = common_config(given_fields(TrainConfig, args), args.config, _print)
+    out_dir = base.pop("out_dir", "runs/study")
+    request = StudyRequest(out_dir=out_dir, base=base, arms=args.arms, seeds=args.seeds,
+                           test_images=args.test_images, test_ann=args.test_ann,
+                           jobs=args.jobs, threads=args.threads, gpus=args.gpus,
+                           command=f"{PROG} study {shlex.join(args.argv)}")
+    mode = "plan" if args.plan else "report" if args.report else "run"
+    return run(request, mode, echo=_print)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default job: synthetic data, a short Dynamic R-CNN training run on the
     small backbone, evaluation, curves; the AP table is printed last."""
@@ -279,6 +298,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=None, help="test-time long side "
                    "(default: the checkpoint's; 1333 for a bare state_dict)")
 
+    from dynrcnn.study.command import DEFAULT_ARMS
+
+    p = sub.add_parser("study", help="does Dynamic training pay on your data? arms x seeds, "
+                       "paired differences with 95%% intervals and a verdict",
+                       description="A seeded paired study on your COCO-format data: every "
+                       "arm (default: baseline, DLA + DSL, fixed T 0.6) trained at seeds "
+                       "0..N-1 with the same configuration (every `train` flag below), then "
+                       "report.md / report.json / PNGs in --out-dir (default runs/study). "
+                       "Resumable: rerun the same command to continue.")
+    p.add_argument("--config", metavar="FILE", help="common configuration from this "
+                   "config.json; flags given here override it")
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), metavar="ARM",
+                   help="arms of dynrcnn.study.arms, 'core' or 'all' (default: "
+                   + " ".join(DEFAULT_ARMS) + "); the first pair's reference is baseline")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every arm "
+                   "(default 3)")
+    p.add_argument("--test-images", help="held-out test split: the report's numbers come "
+                   "from it (else from val)")
+    p.add_argument("--test-ann", help="the test split's COCO annotation file")
+    p.add_argument("--jobs", type=int, default=None, help="on the CPU: runs side by side "
+                   "(default 1), the cores split between them")
+    p.add_argument("--threads", type=int, default=None, help="on the CPU: threads per run "
+                   "(default: cores / jobs)")
+    p.add_argument("--gpus", default=None, help="GPUs to use, one run each, e.g. 0,1,2,3 "
+                   "(default: every visible GPU; none: the CPU)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true", help="train nothing: print one "
+                      "`dynrcnn train` command per pending run (for a cluster scheduler)")
+    mode.add_argument("--report", action="store_true", help="train nothing: evaluate what "
+                      "finished runs lack, then write the report")
+    add_dataclass_args(p, TrainConfig, choices=choices)
+
     sub.add_parser("make-synthetic", add_help=False,
                    help="write a synthetic COCO-format data set (see make-synthetic --help)")
 
@@ -309,7 +360,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
                 "plot": cmd_plot, "compare": cmd_compare, "demo": cmd_demo,
-                "export": cmd_export}
+                "export": cmd_export, "study": cmd_study}
     # the command typed, as argparse names it in the subcommand's usage and error lines
     # (the top-level parser has no options but -h, so argv[0] is the subcommand)
     prog = f"{PROG} {argv[0]}" if argv and argv[0] in (*handlers, "make-synthetic") else PROG
@@ -317,6 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if argv and argv[0] == "make-synthetic":
             return cmd_make_synthetic(argv[1:])
         args = build_parser().parse_args(argv)
+        args.argv = argv[1:]  # the subcommand's own arguments, for a report's header
         return handlers[args.command](args)
     except _input_errors() as exc:
         # known bad input: one line naming the flag or file, no traceback

@@ -29,6 +29,8 @@ PAPER_PROPOSALS = 1000  # RPN proposals per image in the authors' training
 PROPOSALS = 300  # rpn_post_nms_top_n_train of the CPU setting
 COMMON_MODEL: Dict[str, Any] = {"rpn_nms_thresh": 0.7}
 BASELINE = "baseline"
+MASK_BASELINE = "mask_baseline"
+DYNAMIC_ARCHS = ("dynamic_rcnn", "dynamic_mask_rcnn")  # the archs with a DynamicConfig
 
 
 def scaled_k(k_paper: int, proposals: int = PROPOSALS) -> int:
@@ -73,7 +75,7 @@ class Arm:
     def dynamic_config(self, interval: int, protocol: str = "cpu") -> Dict[str, Any] | None:
         """The DynamicConfig fields of this arm (None for the non-dynamic detectors)."""
         check_protocol(self, protocol)
-        if self.arch != "dynamic_rcnn":
+        if self.arch not in DYNAMIC_ARCHS:
             return None
         c = max(1, round(interval * self.interval_factor))
         ki, kbeta = (KI, KBETA) if protocol == "cpu" else (75, 10)
@@ -147,6 +149,11 @@ def _arms() -> Tuple[Arm, ...]:
         *(Arm(f"var_{v}", "variant", f"DLA + DSL, variant {v!r}: {VARIANTS[v]}",
               dynamic={"variant": v}, variant_of="dla_dsl")
           for v in VARIANTS if v != "paper"),
+        # Mask R-CNN (data with masks): the same pair with a mask branch, box and segm AP
+        Arm(MASK_BASELINE, "Mask", "Mask R-CNN: fixed T = 0.5, beta = 1, a mask branch",
+            arch="dynamic_mask_rcnn", dynamic=_FIXED_T, reference=MASK_BASELINE),
+        Arm("mask_dla_dsl", "Mask", "Dynamic Mask R-CNN (DLA + DSL, a mask branch)",
+            arch="dynamic_mask_rcnn", reference=MASK_BASELINE),
         # paired with the baseline at the same (doubled) schedule, not the 1x baseline
         Arm("dla_dsl_2x", "control", "DLA + DSL, twice the schedule", schedule=2.0,
             reference="baseline_2x"),

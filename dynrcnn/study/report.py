@@ -5,11 +5,9 @@ and a header naming hardware, commit, command and seeds. Only finished runs ente
 from __future__ import annotations
 
 import datetime
-import glob
 import json
 import os
 import platform
-import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,10 +19,12 @@ from dynrcnn.study.layout import final_metrics_path
 from dynrcnn.study.stats import (
     COLUMNS,
     PER_SEED_COLUMNS,
+    VERDICT_RULES,
     diff_cell,
     paired_difference,
     per_seed_text,
     summarize,
+    verdict,
 )
 
 DIAGNOSTICS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou")
@@ -50,18 +50,23 @@ def _window_mean(rows: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
 
 
 def load_result(arm: str, seed: int, run_dir: str, iterations: int,
-                rows: Sequence[Dict[str, Any]]) -> RunResult:
-    """RunResult of a finished run directory: its final metrics, and `rows`, its
-    log.jsonl records (read once by the caller, which also plots them)."""
-    with open(final_metrics_path(run_dir, iterations)) as f:
+                rows: Sequence[Dict[str, Any]], metrics_file: Optional[str] = None,
+                columns: Sequence[str] = COLUMNS) -> RunResult:
+    """RunResult of a finished run directory: its final metrics (or those of
+    `metrics_file`, e.g. the test split's) in `columns`, and `rows`, its log.jsonl records
+    (read once by the caller, which also plots them). A "segm AP" column reads the segm
+    metrics of a mask detector."""
+    with open(metrics_file or final_metrics_path(run_dir, iterations)) as f:
         data = json.load(f)
-    bbox = data.get("bbox", data)
+    bbox = dict(data.get("bbox", data))
+    if "segm" in data:
+        bbox["segm AP"] = data["segm"].get("AP")
     cut = max(1, round(EARLY_FRACTION * iterations))
     early = [r for r in rows if r["iteration"] <= cut] or rows[:1]
     late = [r for r in rows if r["iteration"] > iterations - cut] or rows[-1:]
     last = rows[-1] if rows else {}
     return RunResult(
-        arm, seed, {c: 100.0 * float(bbox[c]) for c in COLUMNS if c in bbox},
+        arm, seed, {c: 100.0 * float(bbox[c]) for c in columns if bbox.get(c) is not None},
         last.get("iou_thr"), last.get("beta"),
         {k: _window_mean(early, k) for k in DIAGNOSTICS},
         {k: _window_mean(late, k) for k in DIAGNOSTICS})
@@ -79,16 +84,18 @@ def _mean_text(values: Sequence[Optional[float]], digits: int) -> str:
     return summarize(given).text(digits) if given else "-"
 
 
-def arm_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
+def arm_table(results: Sequence[RunResult], arms: Sequence[str],
+              columns: Sequence[str] = COLUMNS) -> str:
     """Markdown: per arm, seeds, mean ± sd of AP and AP50..AP90, final T / beta."""
+    cols = [c for c in columns if all(c in r.metrics for r in results)]
     groups = _by_arm(results)
-    head = "| arm | seeds | " + " | ".join(COLUMNS) + " | final T | final beta |"
-    lines = [head, "|---|---|" + "---:|" * (len(COLUMNS) + 2)]
+    head = "| arm | seeds | " + " | ".join(cols) + " | final T | final beta |"
+    lines = [head, "|---|---|" + "---:|" * (len(cols) + 2)]
     for arm in arms:
         runs = groups.get(arm)
         if not runs:
             continue
-        cells = [summarize([r.metrics[c] for r in runs]).text() for c in COLUMNS]
+        cells = [summarize([r.metrics[c] for r in runs]).text() for c in cols]
         seeds = ",".join(str(r.seed) for r in runs)
         lines.append(f"| {arm} | {seeds} | " + " | ".join(cells)
                      + f" | {_mean_text([r.final_t for r in runs], 3)}"
@@ -103,23 +110,24 @@ def reference_of(arm: str) -> str:
 
 
 def paired_table(results: Sequence[RunResult], pairs: Sequence[Tuple[str, str]],
-                 per_seed: Sequence[str] = ()) -> str:
+                 per_seed: Sequence[str] = (), columns: Sequence[str] = COLUMNS) -> str:
     """Markdown: for each (arm, reference) pair, arm - reference at the same seed, mean and
     95% t-interval per column, then for each column of `per_seed` the difference at every
     seed (a mean of two or three seeds hides whether one seed carries it). Pairs with an
     arm or reference not in `results` are left out; so are seeds that only one of the two
     has."""
+    cols = [c for c in columns if all(c in r.metrics for r in results)]
     groups = _by_arm(results)
-    lines = ["| arm - reference | " + " | ".join(COLUMNS)
+    lines = ["| arm - reference | " + " | ".join(cols)
              + "".join(f" | {c} per seed" for c in per_seed) + " |",
-             "|---|" + "---:|" * (len(COLUMNS) + len(per_seed))]
+             "|---|" + "---:|" * (len(cols) + len(per_seed))]
     for arm, ref in pairs:
         if arm == ref or arm not in groups or ref not in groups:
             continue
         by_seed = {c: ({r.seed: r.metrics[c] for r in groups[arm]},
                        {r.seed: r.metrics[c] for r in groups[ref]})
-                   for c in (*COLUMNS, *per_seed)}
-        cells = [diff_cell(paired_difference(*by_seed[c])) for c in COLUMNS]
+                   for c in (*cols, *per_seed)}
+        cells = [diff_cell(paired_difference(*by_seed[c])) for c in cols]
         cells += [per_seed_text(*by_seed[c]) for c in per_seed]
         lines.append(f"| {arm} - {ref} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
@@ -248,30 +256,68 @@ def git_commit(cwd: Optional[str] = None) -> str:
     return head + (" + uncommitted changes" if dirty.strip() else "")
 
 
-def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
-                 command: str, planned: int, dynamics_plot: Optional[str] = None,
-                 references: Sequence[str] = ()) -> str:
-    """Write the Markdown report (path), its plot (<stem>_ap_vs_iou.png) and the raw
-    per-run numbers (<stem>.json); returns the Markdown text. dynamics_plot: a figure of
-    T / beta / Figure-1 over training (figures.plot_dynamics) to show under the tables;
-    references: arms every other arm is also paired with (reference_sections)."""
+def user_header(results: Sequence[RunResult], spec: Dict[str, Any], command: str,
+                planned: int, seeds: Dict[str, List[int]]) -> List[str]:
+    """The header of a study on the user's data: machine, command, data files, the split
+    the numbers come from, the configuration every run shares and each arm's RPN."""
     import torch
 
-    stem = os.path.splitext(path)[0]
-    arms = [a for a in ARMS if any(r.arm == a for r in results)]
-    tables = {t: [a for a in names if a in arms] for t, names in TABLES.items()}
-    # a table whose arms all appear in an earlier one (e.g. Table 4 with only its KI = 75
-    # row, the dla arm of Table 3) says nothing new
-    shown: set = set()
-    kept = {}
-    for t, names in tables.items():
-        if t == "Table 3" or any(a not in shown and a != BASELINE for a in names):
-            kept[t] = names
-            shown.update(names)
-    tables = kept
-    plot = plot_ap_vs_iou(results, stem + "_ap_vs_iou.png", tables)
-    seeds = {a: sorted(r.seed for r in results if r.arm == a) for a in arms}
-    lines = [
+    where = spec.get("gpus") and f"GPUs {spec['gpus']}, one run each" or \
+        f"CPU, {spec.get('threads')} thread(s) per run, {spec.get('jobs')} side by side"
+    data = spec.get("data", {})
+    return [
+        f"# Does Dynamic training pay on this data? ({len(results)} of {planned} runs "
+        "finished)", "",
+        f"- hardware: {hardware()}; torch {torch.__version__}; {where}",
+        f"- commit: {git_commit(os.path.dirname(os.path.abspath(__file__)))}",
+        f"- command: `{command}`",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes')}",
+        *(f"- {split} split: `{ann}`" for split, ann in data.items()),
+        f"- numbers below: the {spec.get('split')} split ({spec.get('images')} images); "
+        "COCO AP x100, mean ± sample sd over seeds",
+        "- every run shares: " + ", ".join(f"{k} {v}" for k, v in sorted(
+            spec["base"].items()) if k not in ("data_dir", "train_images", "train_ann",
+                                               "val_images", "val_ann")),
+        f"- RPN and DLA / DSL of every arm: {spec.get('rpn')}",
+        "- seeds: " + "; ".join(f"{a} {','.join(map(str, s))}" for a, s in seeds.items()),
+        "",
+    ]
+
+
+def verdict_lines(results: Sequence[RunResult], arms: Sequence[str],
+                  spec: Dict[str, Any]) -> List[str]:
+    """The verdict section: the noise (each reference's sd between seeds), then one
+    sentence per arm and metric (AP, AP90; segm AP for mask arms) by the fixed rules of
+    stats.verdict, against the arm's reference (reference_of)."""
+    groups = _by_arm(results)
+    where = f"{spec.get('images')} {spec.get('split')} images"
+    lines = ["## Verdict", "", VERDICT_RULES, ""]
+    for ref in dict.fromkeys(reference_of(a) for a in arms):
+        runs = groups.get(ref, [])
+        if len(runs) > 1:
+            sd = summarize([r.metrics["AP"] for r in runs]).sd
+            lines.append(f"Noise: {ref}'s AP moves {sd:.1f} (sd) between its {len(runs)} "
+                         "seeds.")
+    lines.append("")
+    for arm in arms:
+        ref = reference_of(arm)
+        if arm == ref or arm not in groups or ref not in groups:
+            continue
+        for metric in ("AP", "AP90", "segm AP"):
+            if not all(metric in r.metrics for r in groups[arm] + groups[ref]):
+                continue
+            diff = paired_difference({r.seed: r.metrics[metric] for r in groups[arm]},
+                                     {r.seed: r.metrics[metric] for r in groups[ref]})
+            lines.append("- " + verdict(f"{arm} - {ref}", metric, diff, where))
+    return lines + [""]
+
+
+def _study_header(results: Sequence[RunResult], spec: Dict[str, Any], command: str,
+                  planned: int, seeds: Dict[str, List[int]]) -> List[str]:
+    """The header of a synthetic study's report (hardware, commit, data recipe, protocol)."""
+    import torch
+
+    return [
         f"# Accuracy study ({len(results)} of {planned} runs finished)", "",
         f"- hardware: {hardware()}; torch {torch.__version__}; {spec.get('threads')} thread(s) "
         f"per run, {spec.get('jobs')} run(s) side by side",
@@ -293,12 +339,44 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
         "t-interval over the n paired seeds (* = the interval excludes 0).", "",
         table1_direction(results), "",
     ]
+
+
+def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
+                 command: str, planned: int, dynamics_plot: Optional[str] = None,
+                 references: Sequence[str] = (), columns: Sequence[str] = COLUMNS) -> str:
+    """Write the Markdown report (path), its plot (<stem>_ap_vs_iou.png) and the raw
+    per-run numbers (<stem>.json); returns the Markdown text. dynamics_plot: a figure of
+    T / beta / Figure-1 over training (figures.plot_dynamics) to show under the tables;
+    references: arms every other arm is also paired with (reference_sections); columns:
+    the metrics of the tables. A spec with "base" is a study on the user's data
+    (dynrcnn.study.command): its header names the data and the common configuration, and a
+    verdict section follows the paired differences."""
+    stem = os.path.splitext(path)[0]
+    arms = [a for a in ARMS if any(r.arm == a for r in results)]
+    tables = {t: [a for a in names if a in arms] for t, names in TABLES.items()}
+    # a table whose arms all appear in an earlier one (e.g. Table 4 with only its KI = 75
+    # row, the dla arm of Table 3) says nothing new
+    shown: set = set()
+    kept = {}
+    for t, names in tables.items():
+        if t == "Table 3" or any(a not in shown and a != BASELINE for a in names):
+            kept[t] = names
+            shown.update(names)
+    tables = kept
+    plot = plot_ap_vs_iou(results, stem + "_ap_vs_iou.png", tables)
+    seeds = {a: sorted(r.seed for r in results if r.arm == a) for a in arms}
+    user = spec.get("base") is not None
+    lines = (user_header(results, spec, command, planned, seeds) if user else
+             _study_header(results, spec, command, planned, seeds))
     for title, names in tables.items():
-        text = arm_table(results, names)
+        text = arm_table(results, names, columns)
         if text:
             lines += [f"## {title}", "", text]
-    diff = paired_table(results, [(a, reference_of(a)) for a in arms])
-    if diff:
+    diff = paired_table(results, [(a, reference_of(a)) for a in arms], columns=columns)
+    if diff and user:
+        lines += ["## Paired differences to the baseline (95% CI)", "", diff,
+                  *verdict_lines(results, arms, spec)]
+    elif diff:
         lines += ["## Paired differences to the baseline (95% CI)", "",
                   "Each arm against the baseline at the same seed (the doubled-schedule "
                   "arm against the baseline at the doubled schedule).", "", diff]
@@ -329,42 +407,6 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     atomic_write_text(json.dumps({"spec": spec, "command": command, "runs": raw}, indent=1),
                       stem + ".json")
     return text
-
-
-# What a finished run keeps in the archive: enough to rebuild the report and to count as
-# finished when copied back into a study directory (no checkpoints: 6 MB each).
-ARCHIVED_FILES = ("job.json", "config.json", "log.jsonl", "eval.jsonl", "train.log")
-ARCHIVED_STUDY_FILES = ("study.json", "study.log")
-
-
-def archive_runs(jobs: Sequence[Any], out_dir: str, dest: str) -> List[str]:
-    """Copy the small files of every finished job (runner.Job) of the study in `out_dir`
-    to `dest`, in the study's own layout (<arm>/seed<s>/...), so that the committed results
-    keep their raw data: copying `dest` back into an --out directory restores the finished
-    runs (`cp -r dest/. runs/study/`) and the report can be rebuilt without retraining.
-    Returns the run directories archived."""
-    done = []
-    for job in jobs:
-        if not job.finished():
-            continue
-        rel = os.path.relpath(job.run_dir, out_dir)
-        if rel.startswith(os.pardir):
-            raise ValueError(f"run {job.run_dir} is not inside the study directory {out_dir}")
-        target = os.path.join(dest, rel)
-        os.makedirs(target, exist_ok=True)
-        for name in ARCHIVED_FILES:
-            if os.path.isfile(os.path.join(job.run_dir, name)):
-                shutil.copy2(os.path.join(job.run_dir, name), os.path.join(target, name))
-        # the final evaluation and those at other test settings / on the test split
-        for metrics in glob.glob(os.path.join(job.run_dir, "eval_*", "metrics.json")):
-            metrics_copy = os.path.join(target, os.path.relpath(metrics, job.run_dir))
-            os.makedirs(os.path.dirname(metrics_copy), exist_ok=True)
-            shutil.copy2(metrics, metrics_copy)
-        done.append(rel)
-    for name in ARCHIVED_STUDY_FILES:
-        if done and os.path.isfile(os.path.join(out_dir, name)):
-            shutil.copy2(os.path.join(out_dir, name), os.path.join(dest, name))
-    return done
 
 
 _PROTOCOL_TEXT = {

@@ -349,8 +349,10 @@ class Runner:
                 state = ("retraining" if job.finished() and job.trains() else
                          "evaluating" if job.finished() else
                          "resuming" if job.started() else "starting")
-                self.log(f"{state} {job.name} -> {job.run_dir}")
                 self._running[job.name] = self._launch(job)
+                gpu = self._gpu_of.get(job.name)
+                self.log(f"{state} {job.name} -> {job.run_dir}"
+                         + (f" on GPU {gpu}" if gpu is not None else ""))
                 starts[job.name] = time.perf_counter()
             time.sleep(self.poll_s)
             for name, proc in list(self._running.items()):

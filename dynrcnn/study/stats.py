@@ -131,3 +131,33 @@ def schedule_ladder(longest: int, steps: int) -> List[int]:
 def by_seed(rows: Sequence[Dict[str, float]], key: str) -> Dict[int, float]:
     """{seed: row[key]} of rows that carry a 'seed' and the key."""
     return {int(r["seed"]): float(r[key]) for r in rows if r.get(key) is not None}
+
+
+# The verdict rules of a study report, stated in it: resolved when the 95% interval
+# excludes 0; a tie when it lies within +-TIE_MARGIN points; else not resolved.
+TIE_MARGIN = 0.5
+VERDICT_RULES = (
+    "Verdicts follow fixed rules: a difference is *resolved* (better or worse) when its "
+    "95% interval excludes 0; a *tie* when the interval lies within "
+    f"±{TIE_MARGIN} points; otherwise it is *not resolved*: more seeds narrow the interval. "
+    "One seed gives no interval at all.")
+
+
+def verdict(name: str, metric: str, diff: Optional[PairedDiff], where: str) -> str:
+    """One sentence on a paired difference by VERDICT_RULES, e.g. 'dla_dsl - baseline: +1.4
+    AP [+0.3, +2.5], resolved better, on 500 test images, 3 seeds'. where: '500 test
+    images'."""
+    if diff is None:
+        return f"{name}: no seed has both arms: no {metric} difference."
+    if diff.low is None or diff.high is None:
+        return (f"{name}: {metric} {diff.mean:+.1f} at one seed on {where}: no interval "
+                "exists from one seed; run more seeds.")
+    value = f"{name}: {metric} {diff.mean:+.1f} [{diff.low:+.1f}, {diff.high:+.1f}]"
+    tail = f"on {where}, {diff.n} seeds"
+    if diff.low > 0:
+        return f"{value}, resolved better, {tail}."
+    if diff.high < 0:
+        return f"{value}, resolved worse, {tail}."
+    if -TIE_MARGIN <= diff.low and diff.high <= TIE_MARGIN:
+        return f"{value}, a tie (within ±{TIE_MARGIN}), {tail}."
+    return f"{value}, not resolved at n = {diff.n}: run more seeds ({where})."

@@ -41,7 +41,8 @@ def user_config(spec: StudySpec, arm: Arm, seed: int, run_dir: str,
     values = {**base, "arch": arm.arch, "out_dir": run_dir, "seed": seed,
               "iterations": iterations, "model_kwargs": model, "resume": True,
               "overwrite": False, "progress": False, "plot": spec.plot,
-              "eval_period": base.get("eval_period") or iterations, **overrides}
+              "eval_period": base.get("eval_period") or iterations,
+              "init_weights": spec.init_weights_of(seed), **overrides}
     if dynamic is not None:
         values["dynamic"] = dynamic
     else:
@@ -52,7 +53,8 @@ def user_config(spec: StudySpec, arm: Arm, seed: int, run_dir: str,
 def run_file(spec: StudySpec, config: TrainConfig) -> Dict[str, Any]:
     """The study_run.json of a run on the user's data: its held-out splits (val, and test
     when given) and the test settings it is evaluated at (its own RPN)."""
-    splits = {"val": [config.val_images, config.val_ann]}
+    paths = config.data_paths()
+    splits = {"val": [paths["val_images"], paths["val_ann"]]}
     if spec.test_ann:
         splits["test"] = [spec.test_images, spec.test_ann]
     return {"splits": splits, "settings": [OWN]}

@@ -1,0 +1,284 @@
+"""`dynrcnn study`: the seeded paired study on the user's COCO-format data.
+
+The command line (dynrcnn.cli) parses; this module checks the input, builds the StudySpec
+(every `dynrcnn train` flag given is the common configuration of all runs), then either
+runs the study (dynrcnn.study.runner: resumable, one run per GPU or `--jobs` on the CPU),
+prints one `dynrcnn train` command per pending run (`--plan`, for a cluster scheduler), or
+only reports (`--report`: evaluates what the finished runs still lack, then writes
+`report.md`, `report.json` and the PNGs into the study directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from dynrcnn.engine.config import UsageError
+from dynrcnn.study.arms import PAPER_MODEL, select_arms
+from dynrcnn.study.runner import Job, Runner, StudySpec, plan
+from dynrcnn.study.settings import OWN, metrics_path, pending_evals
+from dynrcnn.study.stats import COLUMNS
+
+DEFAULT_ARMS = ("baseline", "dla_dsl", "t060")
+REPORT_COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90")
+MASK_ARCHS = ("mask_rcnn", "dynamic_mask_rcnn")
+DATA_FIELDS = ("data_dir", "train_images", "train_ann", "val_images", "val_ann")
+# TrainConfig fields a study sets per run: given as flags they would be silently replaced
+PER_RUN = {"arch": "--arms (each arm is a detector)", "seed": "--seeds N (seeds 0..N-1)",
+           "resume": "nothing (a study always continues where it stopped)",
+           "overwrite": "another --out-dir (a study never deletes finished runs)"}
+
+
+@dataclass
+class StudyRequest:
+    """What the user asked for: the study directory, arms, seeds, the common TrainConfig
+    fields (`base`, as given), an optional test split, and how to run."""
+
+    out_dir: str
+    base: Dict[str, Any]
+    arms: Sequence[str] = DEFAULT_ARMS
+    seeds: int = 3
+    test_images: Optional[str] = None
+    test_ann: Optional[str] = None
+    jobs: Optional[int] = None
+    threads: Optional[int] = None
+    gpus: Optional[str] = None
+    command: str = "dynrcnn study"
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def parse_gpus(text: Optional[str], count: int) -> Optional[List[int]]:
+    """--gpus '0,1' -> [0, 1]; None: every visible GPU, or None (the CPU) when there is none."""
+    if text is None:
+        return list(range(count)) if count else None
+    try:
+        gpus = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--gpus {text}: expected GPU indices like 0,1,2") from None
+    absent = [g for g in gpus if not 0 <= g < count]
+    if not gpus or absent:
+        seen = f"GPUs 0-{count - 1} are visible" if count else "no GPU is visible"
+        raise UsageError(f"--gpus {text}: {seen} here")
+    if len(set(gpus)) != len(gpus):
+        raise UsageError(f"--gpus {text}: a GPU is named twice")
+    return gpus
+
+
+def check_data(base: Dict[str, Any], test_images: Optional[str], test_ann: Optional[str],
+               archs: Sequence[str]) -> Dict[str, Optional[str]]:
+    """The study's splits {train, val, test} as annotation files, checked: train and val
+    must exist, test is optional (both its flags or neither), a mask arm needs masks."""
+    from dynrcnn.engine.config import resolve_data_paths
+
+    data_dir = base.get("data_dir")
+    paths = resolve_data_paths(data_dir, {k: base.get(k) for k in (
+        "train_images", "train_ann", "val_images", "val_ann")})
+    for split in ("train", "val"):
+        ann = paths[f"{split}_ann"]
+        if not ann:
+            raise UsageError(f"--{split}-ann: a study needs a {split} split (--data-dir, or "
+                             f"--{split}-images and --{split}-ann)")
+        if not os.path.isfile(ann):
+            flag = "--data-dir" if data_dir and not base.get(f"{split}_ann") else \
+                f"--{split}-ann"
+            raise UsageError(f"{flag}: no {split} annotation file {ann}")
+    if (test_images is None) != (test_ann is None):
+        raise UsageError("--test-images and --test-ann go together: give both or neither")
+    if test_ann is None and data_dir:  # make_synthetic_coco's layout may hold a test split
+        candidate = os.path.join(data_dir, "annotations", "instances_test.json")
+        if os.path.isfile(candidate):
+            test_images, test_ann = os.path.join(data_dir, "test"), candidate
+    if test_ann is not None and not os.path.isfile(test_ann):
+        raise UsageError(f"--test-ann: no file {test_ann}")
+    if any(a in MASK_ARCHS for a in archs) and not _has_masks(paths["train_ann"]):
+        raise UsageError(f"--arms: a mask arm needs segmentation masks, and "
+                         f"{paths['train_ann']} has none")
+    return {"train": paths["train_ann"], "val": paths["val_ann"], "test": test_ann,
+            "test_images": test_images}
+
+
+def _has_masks(ann: str) -> bool:
+    with open(ann) as f:
+        annotations = json.load(f).get("annotations", [])
+    return any(a.get("segmentation") for a in annotations)
+
+
+def build_spec(req: StudyRequest, gpu_count: Optional[int] = None) -> StudySpec:
+    """The StudySpec of a request, every input checked (UsageError naming the flag)."""
+    if req.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {req.seeds}")
+    for name, hint in PER_RUN.items():
+        if name in req.base:
+            raise UsageError(f"--{name}: a study sets it for each run; use {hint}")
+    try:
+        arms = select_arms(req.arms)
+    except ValueError as exc:
+        raise UsageError(f"--arms: {exc}") from None
+    data = check_data(req.base, req.test_images, req.test_ann, [a.arch for a in arms])
+    count = visible_gpus() if gpu_count is None else gpu_count
+    gpus = parse_gpus(req.gpus, count)
+    if gpus is not None and req.jobs is not None and req.jobs != len(gpus):
+        raise UsageError(f"--jobs {req.jobs}: with GPUs a study runs one run per GPU "
+                         f"({len(gpus)}); choose them with --gpus")
+    jobs = len(gpus) if gpus else (req.jobs or 1)
+    threads = req.threads or max(1, (os.cpu_count() or 1) // jobs)
+    # absolute paths: a run is the same wherever its worker (or a cluster job) starts
+    base = {k: (os.path.abspath(v) if k in DATA_FIELDS and v else v)
+            for k, v in req.base.items() if k != "init_weights"}
+    from dynrcnn.engine.config import TrainConfig
+
+    test_images, test_ann = (os.path.abspath(p) if p else None
+                             for p in (data["test_images"], data["test"]))
+    return StudySpec(out_dir=os.path.abspath(req.out_dir), data_dir=base.get("data_dir") or "",
+                     arms=[a.name for a in arms],
+                     iterations=int(base.get("iterations", TrainConfig.iterations)),
+                     interval=int(base.get("dynamic", {}).get("interval", 100)),
+                     core_seeds=req.seeds, other_seeds=req.seeds, jobs=jobs, threads=threads,
+                     protocol="paper", init_weights=_abs(req.base.get("init_weights")), base=base,
+                     test_images=test_images, test_ann=test_ann, gpus=gpus)
+
+
+def plan_commands(jobs: Sequence[Job], spec: StudySpec) -> List[str]:
+    """One `dynrcnn train` command per run that still has to train (its job.json and
+    study_run.json written first), for a cluster scheduler to run."""
+    from dynrcnn.study.user import write_run_files
+
+    lines = []
+    for job in jobs:
+        write_run_files(job, spec)
+        if job.trains():
+            config = os.path.join(job.run_dir, "job.json")
+            lines.append(f"dynrcnn train --config {shlex.quote(config)} --resume")
+    return lines
+
+
+def evaluate_finished(jobs: Sequence[Job], log: Callable[[str], None]) -> None:
+    """The held-out evaluations finished runs still lack (runs trained by `--plan`'s
+    commands evaluate only their val split), done here before the report."""
+    from dynrcnn.study.settings import evaluate_setting
+
+    for job in jobs:
+        if not job.finished() or not os.path.isfile(os.path.join(job.run_dir,
+                                                                 "model_final.pth")):
+            continue
+        for split, setting in pending_evals(job.run_dir, job.config):
+            log(f"evaluating {job.name} on {split}")
+            evaluate_setting(job.run_dir, job.config, split, setting)
+
+
+def report(jobs: Sequence[Job], spec: StudySpec, command: str) -> str:
+    """report.md / report.json / PNGs of the finished runs, on the test split when the study
+    has one (else val); returns the Markdown."""
+    from dynrcnn.study.figures import plot_dynamics, read_logs
+    from dynrcnn.study.report import load_result, write_report
+
+    split = "test" if spec.test_ann else "val"
+    done = [j for j in jobs if j.finished() and os.path.isfile(
+        metrics_path(j.run_dir, j.config, split, OWN))]
+    logs = read_logs([j.run_dir for j in done])
+    masks = any(j.arm.arch in MASK_ARCHS for j in jobs)
+    columns = REPORT_COLUMNS + (("segm AP",) if masks else ())
+    results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations, rows,
+                           metrics_path(j.run_dir, j.config, split, OWN), columns)
+               for j, rows in zip(done, logs)]
+    by_arm: Dict[str, List[Any]] = {}
+    for job, rows in zip(done, logs):
+        by_arm.setdefault(job.arm.name, []).append(rows)
+    path = os.path.join(spec.out_dir, "report.md")
+    dynamics = plot_dynamics(by_arm, os.path.join(spec.out_dir, "report_dynamics.png"))
+    info = {**spec_info(spec), "split": split,
+            "images": _count_images(spec.test_ann if split == "test" else
+                                    jobs[0].config.data_paths()["val_ann"])}
+    return write_report(results, path, info, command, planned=len(jobs),
+                        dynamics_plot=dynamics, columns=columns)
+
+
+def spec_info(spec: StudySpec) -> Dict[str, Any]:
+    """What the report's header and report.json say about the study."""
+    import dataclasses
+
+    from dynrcnn.engine.config import resolve_data_paths
+
+    base = spec.base or {}
+    paths = resolve_data_paths(base.get("data_dir"), {"train_ann": base.get("train_ann"),
+                                                      "val_ann": base.get("val_ann")})
+    model = {**PAPER_MODEL, **base.get("model_kwargs", {})}
+    return {**dataclasses.asdict(spec),
+            "data": {"train": paths["train_ann"], "val": paths["val_ann"],
+                     "test": spec.test_ann or "none"},
+            "rpn": f"{model}; KI 75 / Kbeta 10 (the paper's) for the dynamic arms; arms "
+                   "differ only in their RoI heads"}
+
+
+def common_config(given: Dict[str, Any], config_file: Optional[str],
+                  echo: Callable[[str], None] = print) -> Dict[str, Any]:
+    """The common TrainConfig fields: the flags given over a --config file's fields. A
+    file saved by `dynrcnn train` names its arch, seed and out_dir: the study sets those
+    per run, so they are dropped from the file, and a line says so."""
+    from dynrcnn.engine.config import TrainConfig, read_config_file
+
+    base = read_config_file(TrainConfig, config_file) if config_file else {}
+    dropped = [k for k in ("arch", "seed", "out_dir") if k in base and k not in given]
+    for key in dropped:
+        base.pop(key)
+    if dropped:
+        echo(f"--config {config_file}: {', '.join(dropped)} not used (the study sets them "
+             "per run)")
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key == "dynamic":
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
+
+
+def _count_images(ann: Optional[str]) -> int:
+    if not ann:
+        return 0
+    with open(ann) as f:
+        return len(json.load(f).get("images", []))
+
+
+def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = print) -> int:
+    """The command: mode "run" (train what is pending, then report), "plan" (print the
+    commands) or "report" (no training). Returns the exit status."""
+    spec = build_spec(req)
+    jobs = plan(spec)
+    if mode == "plan":
+        os.makedirs(spec.out_dir, exist_ok=True)
+        lines = plan_commands(jobs, spec)
+        for line in lines:
+            echo(line)
+        echo(f"# {len(lines)} of {len(jobs)} runs to train; then: {req.command} --report")
+        return 0
+    failed: List[str] = []
+    if mode == "run":
+        runner = Runner(spec, jobs=jobs)
+        runner.run()
+        failed = runner.failed
+    else:
+        evaluate_finished(jobs, echo)
+    text = report(jobs, spec, req.command)
+    verdict = text[text.index("## Verdict"):] if "## Verdict" in text else ""
+    echo(verdict.split("\n## ")[0].rstrip() or "no finished pair of runs yet")
+    echo(f"report written to {os.path.join(spec.out_dir, 'report.md')}")
+    if failed:
+        echo(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)")
+        return 1
+    return 0
+
+
+def _abs(path: Optional[str]) -> Optional[str]:
+    return os.path.abspath(path) if path else None
+
+
+__all__ = ["COLUMNS", "DEFAULT_ARMS", "StudyRequest", "build_spec", "run"]

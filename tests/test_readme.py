@@ -52,8 +52,10 @@ def runnable(argv: List[str]) -> List[str]:
     command = argv[argv.index("dynrcnn") + 1] if "dynrcnn" in argv else argv[1]
     if command == "make-synthetic":
         argv += ["--num-train", "8", "--num-val", "4", "--image-size", "128", "128"]
-    if command == "train" and "--data-dir" in argv:
+    if command in ("train", "study") and "--data-dir" in argv:
         argv += SMALL_RUN
+    if command == "study":
+        argv += ["--seeds", "2", "--jobs", "2"]
     if command == "eval":
         argv += ["--num-workers", "0"]
     return argv
@@ -86,6 +88,31 @@ def test_readme_commands_run_in_order(tmp_path):
     # like with like: the baseline runs with the RPN NMS dynamic_rcnn builds with
     faster = json.loads((runs / "faster" / "config.json").read_text())
     assert faster["model_kwargs"]["rpn_nms_thresh"] == 0.85
+
+
+def test_the_study_on_your_data_runs_as_written(tmp_path):
+    """The README's study command after its make-synthetic (2 seeds instead of 3): the
+    report's numbers are those of the metrics files the runs wrote."""
+    make = readme_commands()[0]
+    study = readme_commands("## Does it pay on your data?")
+    assert [c[:2] for c in study] == [["dynrcnn", "study"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for argv in (make, *study):
+        done = subprocess.run(runnable(argv), cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout[-2000:]}\n" \
+                                     f"{done.stderr[-4000:]}"
+    out = tmp_path / "runs" / "study"
+    report = json.loads((out / "report.json").read_text())
+    assert {r["arm"] for r in report["runs"]} == {"baseline", "dla_dsl", "t060"}
+    assert len(report["runs"]) == 6
+    for run in report["runs"]:
+        metrics = json.loads(next((out / run["arm"] / f"seed{run['seed']}").glob(
+            "eval_00*/metrics.json")).read_text())["bbox"]
+        for column in ("AP", "AP50", "AP75", "AP90"):
+            assert run[column] == pytest.approx(100 * metrics[column], abs=1e-9)
+    text = (out / "report.md").read_text()
+    assert "## Verdict" in text and "t060 - baseline: AP" in text
 
 
 def test_start_from_a_torchvision_model_runs_in_order(tmp_path):

@@ -101,7 +101,7 @@ def test_readme_is_a_short_front_page():
     assert not re.search(r"\b(dla_dsl|t060|var_\w+|obj_floor|t_cap|cls_fixed|cls_soft)\b",
                          words)
     # the first screen: what it does, the results table, and the two commands
-    first_screen = "\n".join(lines[:60])
+    first_screen = " ".join(" ".join(lines[:60]).split())
     for needed in ("Dynamic Label Assignment", "Dynamic SmoothL1", "summary: glance",
                    "make demo", "make test"):
         assert needed in first_screen, needed

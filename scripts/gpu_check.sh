@@ -14,6 +14,9 @@
 #                                                                  (GPU_CHECK_OPS_S, 60)
 #   bench_det   benchmarks/bench_detectors.py --device cuda at a size that fits
 #                                                                  (GPU_CHECK_DET_S, 90)
+#   study       `dynrcnn study`: baseline and DLA + DSL, one seed each, one run per GPU, on a
+#               tiny synthetic set; needs pycocotools (skipped, and said, without it)
+#                                                                  (GPU_CHECK_STUDY_S, 120)
 # A failed or timed-out step is recorded and the later steps still run (get every number a
 # rare slot can give). Everything lands in RESULTS_DIR, named after the card: logs, the
 # benchmark JSON/Markdown, and summary.md (card, torch, commit, per-step status and time),
@@ -44,6 +47,7 @@ if [ "$dry" = 1 ]; then
   card="DRYRUN_Fake_Card"
   # the caps exist for the GPU's short slot; a dry run on a busy CI machine must not time out
   : "${GPU_CHECK_TEST_S:=900}" "${GPU_CHECK_OPS_S:=900}" "${GPU_CHECK_DET_S:=900}"
+  : "${GPU_CHECK_STUDY_S:=900}"
   device=cpu
 else
   card=$($PY -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name(0).replace(' ', '_'))" 2>/dev/null) \
@@ -113,6 +117,18 @@ fi
 run_step bench_det "${GPU_CHECK_DET_S:-90}" "$PY" benchmarks/bench_detectors.py \
   --device "$device" "${det[@]}" --json "$results/detectors_${device}_$card.json" \
   --markdown "$results/detectors_${device}_$card.md"
+
+# a 2-run study on the card (on the CPU in the dry run): the GPU path of `dynrcnn study`
+if "$PY" -c "import pycocotools" 2>/dev/null; then
+  run_step study "${GPU_CHECK_STUDY_S:-120}" bash -c "
+    '$PY' -m dynrcnn make-synthetic --out '$results/study_data_$card' --num-train 16 \
+      --num-val 8 --image-size 128 128 &&
+    '$PY' -m dynrcnn study --data-dir '$results/study_data_$card' --arms baseline dla_dsl \
+      --seeds 1 --backbone tiny_fpn --iterations 20 --min-size 128 --max-size 128 \
+      --batch-size 2 --num-workers 0 --out-dir '$results/study_$card'"
+else
+  skip_step study "no pycocotools here (the evaluator needs it)"
+fi
 
 {
   echo "# GPU check: $card"

@@ -39,7 +39,7 @@ def test_dry_run_passes_every_step(dry_run):
             for line in summary.splitlines() if line.startswith("| ") and "---" not in line}
     assert rows.pop("step") == "result"
     assert rows == {"build": "skipped: dry run: uses the installed extension",
-                    "tests": "ok", "bench_ops": "ok", "bench_det": "ok"}
+                    "tests": "ok", "bench_ops": "ok", "bench_det": "ok", "study": "ok"}
 
 
 def test_dry_run_writes_results_named_after_the_card(dry_run):
@@ -54,6 +54,9 @@ def test_dry_run_writes_results_named_after_the_card(dry_run):
     # the CUDA test selection exists (collected, not run, without a GPU)
     log = (results / f"tests_{CARD}.log").read_text()
     assert "test_cuda_cpu_agreement.py" in log
+    # the 2-run study wrote its report (on the CPU here; one run per GPU on the card)
+    report = json.loads((results / f"study_{CARD}" / "report.json").read_text())
+    assert sorted(r["arm"] for r in report["runs"]) == ["baseline", "dla_dsl"]
 
 
 @pytest.mark.parametrize("args", [(), ("a", "b", "c"), ("dir", "--fast"), ("--dry-run",)])

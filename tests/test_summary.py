@@ -17,7 +17,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import summarize  # noqa: E402
 
-PROSE_FILES = ("README.md", "docs/accuracy.md")
+PROSE_FILES = ("README.md", "docs/accuracy.md", "docs/usage.md", "docs/design.md",
+               "benchmarks/README.md")
 
 
 @pytest.fixture(scope="module")

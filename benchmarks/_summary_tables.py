@@ -94,9 +94,18 @@ def by_seed(runs: Sequence[Dict[str, Any]], arm: str, column: str) -> Dict[int, 
 
 def best_vs_best(results: Path, archives: Sequence[str], arms: Sequence[str],
                  columns: Sequence[str] = COLUMNS) -> Tuple[Dict[str, Candidate], List[int]]:
-    """Each arm's chosen candidate over the archives (dynrcnn.study.choice) and the seeds."""
-    candidates = collect([str(results / a) for a in archives], arms, STUDY_SETTINGS,
-                         columns=tuple(dict.fromkeys((*COLUMNS, *columns))))
+    """Each arm's chosen candidate over the archives (dynrcnn.study.choice) and the seeds.
+    An archive named "NAME:arm,arm" gives only those arms' candidates (a study whose other
+    arms were retrained elsewhere)."""
+    columns = tuple(dict.fromkeys((*COLUMNS, *columns)))
+    candidates: List[Candidate] = []
+    for entry in archives:
+        name, _, only = entry.partition(":")
+        mine = [a for a in arms if not only or a in only.split(",")]
+        candidates += collect([str(results / name)], mine, STUDY_SETTINGS, columns=columns)
+    keys = [(c.arm, c.trained, c.tested, c.fine_tuned) for c in candidates]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"two archives of {archives} hold the same candidate")
     choice = choose(candidates, arms)
     return choice.chosen, choice.seeds
 

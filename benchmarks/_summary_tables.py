@@ -361,6 +361,26 @@ def machines(results: Path) -> Table:
                  out)
 
 
+def masks(results: Path) -> Table:
+    """Dynamic Mask R-CNN minus Mask R-CNN (both with the paper's RPN), box and segm AP on
+    the test split, from the `dynrcnn study` report in results/study_masks_cpu/."""
+    with open(results / "study_masks_cpu" / "report.json") as f:
+        report = json.load(f)
+    runs = report["runs"]
+    columns = ("AP", "AP50", "AP75", "AP90", "segm AP")
+    diffs = {c: paired_difference(by_seed(runs, "mask_dla_dsl", c),
+                                  by_seed(runs, "mask_baseline", c)) for c in columns}
+    spec = report["spec"]
+    row = ["Dynamic Mask R-CNN - Mask R-CNN", str(diffs["AP"].n),
+           *(cell(diffs[c]) for c in columns)]
+    return Table(f"Dynamic Mask R-CNN minus Mask R-CNN at the same seed, {spec['images']} "
+                 f"{spec['split']} images (`dynrcnn study`, shapes with masks, 128 px).",
+                 markdown_table(["detectors", "seeds", "box AP", "AP50", "AP75", "AP90",
+                                 "segm AP"], [row], right=6),
+                 [{"pair": "mask_dla_dsl - mask_baseline",
+                   **{c: diff_row(d) for c, d in diffs.items()}}])
+
+
 TABLES: Dict[str, Callable[[Path], Table]] = {
     "glance": glance,
     "glance_t060": lambda results: glance(results, "t060", ("exact", "jittered")),
@@ -372,6 +392,7 @@ TABLES: Dict[str, Callable[[Path], Table]] = {
     "diagnosis": diagnosis,
     "noise": noise,
     "machines": machines,
+    "masks": masks,
     "figure1": figure1,
 }
 

@@ -130,15 +130,21 @@ def setting_text(c: Candidate) -> str:
 
 
 def glance(results: Path, reference: str = "baseline",
-           sets: Sequence[str] = ("exact", "large", "jittered", "finetune")) -> Table:
-    """Dynamic R-CNN minus the best `reference` on each set, best against best, test."""
+           sets: Sequence[str] = ("exact", "large", "jittered", "finetune"),
+           columns: Sequence[str] = GLANCE_COLUMNS, paper_row: bool = False) -> Table:
+    """Dynamic R-CNN minus the best `reference` on each set, best against best, test; with
+    paper_row, the paper's Table 3 difference (its own protocol, COCO) as the first row."""
     rows, out = [], []
+    if paper_row:
+        rows.append(["COCO, paper's Table 3 (DLA + DSL - baseline, its protocol, RPN NMS 0.85)",
+                     "-", *(f"{PAPER_TABLE3[c]:+.1f}" if c in PAPER_TABLE3 else ""
+                            for c in columns)])
     for name in sets:
         spec = SETS[name]
         chosen, seeds = best_vs_best(results, spec["archives"], ["dla_dsl", reference],
-                                     GLANCE_COLUMNS)
-        diffs = {c: test_diff(chosen, seeds, "dla_dsl", reference, c) for c in GLANCE_COLUMNS}
-        rows.append([spec["text"], str(len(seeds)), *(cell(diffs[c]) for c in GLANCE_COLUMNS)])
+                                     columns)
+        diffs = {c: test_diff(chosen, seeds, "dla_dsl", reference, c) for c in columns}
+        rows.append([spec["text"], str(len(seeds)), *(cell(diffs[c]) for c in columns)])
         out.append({"set": name, "seeds": seeds, **{c: diff_row(d) for c, d in diffs.items()},
                     "dla_dsl": setting_text(chosen["dla_dsl"]),
                     reference: setting_text(chosen[reference])})
@@ -146,7 +152,7 @@ def glance(results: Path, reference: str = "baseline",
     return Table(
         f"Dynamic R-CNN minus the best {what}: each detector at its own best RPN setting "
         "(chosen on 500 val images), reported on 500 test images, paired by seed.",
-        markdown_table(["data set", "seeds", *GLANCE_COLUMNS], rows, right=5), out,
+        markdown_table(["data set", "seeds", *columns], rows, right=len(columns) + 1), out,
         "Chosen settings: " + "; ".join(f"{r['set']}: Dynamic {r['dla_dsl']}, {reference} "
                                         f"{r[reference]}" for r in out) + ".")
 
@@ -211,7 +217,7 @@ def paper_protocol(results: Path) -> Table:
                             ("large", "study_paper_large_cpu", ("dla_dsl",), "baseline")],
                   "The paper's protocol (1000 proposals after RPN NMS 0.85 for every arm, KI 75 "
                   "/ Kbeta 10), each arm minus the baseline at the same seed, 500 val images.",
-                  paper_row=True)
+                  paper_row=False)
 
 
 def cpu_protocol(results: Path) -> Table:
@@ -382,7 +388,8 @@ def masks(results: Path) -> Table:
 
 
 TABLES: Dict[str, Callable[[Path], Table]] = {
-    "glance": glance,
+    "glance": lambda results: glance(results, paper_row=True),
+    "glance_columns": lambda results: glance(results, columns=COLUMNS, paper_row=True),
     "glance_t060": lambda results: glance(results, "t060", ("exact", "jittered")),
     "speed": speed,
     "paper_protocol": paper_protocol,

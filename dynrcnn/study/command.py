@@ -178,28 +178,16 @@ def evaluate_finished(jobs: Sequence[Job], log: Callable[[str], None]) -> None:
 def report(jobs: Sequence[Job], spec: StudySpec, command: str) -> str:
     """report.md / report.json / PNGs of the finished runs, on the test split when the study
     has one (else val); returns the Markdown."""
-    from dynrcnn.study.figures import plot_dynamics, read_logs
-    from dynrcnn.study.report import load_result, write_report
+    from dynrcnn.study.report import report_study
 
     split = "test" if spec.test_ann else "val"
-    done = [j for j in jobs if j.finished() and os.path.isfile(
-        metrics_path(j.run_dir, j.config, split, OWN))]
-    logs = read_logs([j.run_dir for j in done])
     masks = any(j.arm.arch in MASK_ARCHS for j in jobs)
-    columns = REPORT_COLUMNS + (("segm AP",) if masks else ())
-    results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations, rows,
-                           metrics_path(j.run_dir, j.config, split, OWN), columns)
-               for j, rows in zip(done, logs)]
-    by_arm: Dict[str, List[Any]] = {}
-    for job, rows in zip(done, logs):
-        by_arm.setdefault(job.arm.name, []).append(rows)
-    path = os.path.join(spec.out_dir, "report.md")
-    dynamics = plot_dynamics(by_arm, os.path.join(spec.out_dir, "report_dynamics.png"))
     info = {**spec_info(spec), "split": split,
             "images": _count_images(spec.test_ann if split == "test" else
                                     jobs[0].config.data_paths()["val_ann"])}
-    return write_report(results, path, info, command, planned=len(jobs),
-                        dynamics_plot=dynamics, columns=columns)
+    return report_study(jobs, os.path.join(spec.out_dir, "report.md"), info, command,
+                        columns=REPORT_COLUMNS + (("segm AP",) if masks else ()),
+                        metrics_of=lambda j: metrics_path(j.run_dir, j.config, split, OWN))
 
 
 def spec_info(spec: StudySpec) -> Dict[str, Any]:

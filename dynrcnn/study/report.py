@@ -10,7 +10,7 @@ import os
 import platform
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
@@ -418,15 +418,20 @@ _PROTOCOL_TEXT = {
 
 
 def report_study(jobs: Sequence[Any], path: str, spec: Dict[str, Any], command: str,
-                 references: Sequence[str] = ()) -> str:
-    """write_report over the finished ones of `jobs` (runner.Job)."""
-    finished = [j for j in jobs if j.finished()]
+                 references: Sequence[str] = (), columns: Sequence[str] = COLUMNS,
+                 metrics_of: Optional[Callable[[Any], str]] = None) -> str:
+    """write_report over the finished ones of `jobs` (runner.Job). metrics_of(job): the
+    metrics file a run's numbers come from (default: its final val evaluation); a run
+    without that file is left out."""
+    finished = [j for j in jobs if j.finished() and (
+        metrics_of is None or os.path.isfile(metrics_of(j)))]
     logs = read_logs([j.run_dir for j in finished])  # once, for the tables and the figure
-    results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations, rows)
+    results = [load_result(j.arm.name, j.seed, j.run_dir, j.config.iterations, rows,
+                           metrics_of(j) if metrics_of else None, columns)
                for j, rows in zip(finished, logs)]
     logs_by_arm: Dict[str, List[Any]] = {}
     for job, rows in zip(finished, logs):
         logs_by_arm.setdefault(job.arm.name, []).append(rows)
     dynamics = plot_dynamics(logs_by_arm, os.path.splitext(path)[0] + "_dynamics.png")
     return write_report(results, path, spec, command, planned=len(jobs),
-                        dynamics_plot=dynamics, references=references)
+                        dynamics_plot=dynamics, references=references, columns=columns)

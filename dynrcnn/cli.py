@@ -165,6 +165,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     request = StudyRequest(out_dir=out_dir, base=base, arms=args.arms, seeds=args.seeds,
                            test_images=args.test_images, test_ann=args.test_ann,
                            jobs=args.jobs, threads=args.threads, gpus=args.gpus,
+                           best_vs_best=args.best_vs_best,
                            command=f"{PROG} study {shlex.join(args.argv)}")
     mode = "plan" if args.plan else "report" if args.report else "run"
     return run(request, mode, echo=_print)
@@ -323,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: cores / jobs)")
     p.add_argument("--gpus", default=None, help="GPUs to use, one run each, e.g. 0,1,2,3 "
                    "(default: every visible GPU; none: the CPU)")
+    p.add_argument("--best-vs-best", action="store_true", help="also train every arm at "
+                   "RPN NMS 0.7 (twice the runs), test every run at NMS 0.85 and 0.7, and "
+                   "compare each arm at the setting of its best val AP, on test (needs a "
+                   "test split)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--plan", action="store_true", help="train nothing: print one "
                       "`dynrcnn train` command per pending run (for a cluster scheduler)")

@@ -180,3 +180,77 @@ def test_gpus_one_run_each_with_only_the_device_count_mocked(data, monkeypatch,
     assert re.search(r"starting \w+ seed 0 -> .* on GPU 0", log)
     assert re.search(r"starting \w+ seed 0 -> .* on GPU 1", log)
     assert "report written to" in capsys.readouterr().out
+
+
+def test_best_vs_best_reuses_the_study_and_chooses_on_val(data, uninterrupted) -> None:
+    """A finished study gains --best-vs-best: its runs are kept (not retrained, their test
+    evaluations found under the setting's name), each arm trains again at NMS 0.7, and the
+    chosen candidates and their differences equal what the metrics files give."""
+    import shutil
+
+    out = data / "s_bvb"
+    shutil.copytree(uninterrupted, out)
+    kept = out / "baseline" / "seed0" / "model_final.pth"
+    stamp = kept.stat().st_mtime_ns
+    planned = dynrcnn(*study_args("s_bvb", "--best-vs-best", "--plan"), cwd=data)
+    assert "4 of 8 runs to train" in planned.stdout
+    assert all("/nms070/" in line for line in planned.stdout.splitlines()
+               if line.startswith("dynrcnn train"))
+    done = dynrcnn(*study_args("s_bvb", "--best-vs-best", "--jobs", "2"), cwd=data)
+    assert kept.stat().st_mtime_ns == stamp
+    assert "(best against best)" in done.stdout
+    job = json.loads((out / "nms070" / "dla_dsl" / "seed1" / "job.json").read_text())
+    assert job["model_kwargs"]["rpn_nms_thresh"] == 0.7 and job["dynamic"]["k_iou"] == 75
+    # the paper-setting tables are the study's own, unchanged
+    text = (out / "report.md").read_text()
+    assert body(out / "report.md").split("\n## Best against best")[0].rstrip() == \
+        body(uninterrupted / "report.md").rstrip()
+    summary = json.loads((out / "report.json").read_text())["best_vs_best"]
+    assert summary["seeds"] == [0, 1]
+
+    def ap(run: Path, split: str, setting: str) -> dict:
+        own = {0.85: "1000_nms085", 0.7: "1000_nms070"}[json.loads(
+            (run / "job.json").read_text())["model_kwargs"]["rpn_nms_thresh"]]
+        if split == "val" and setting == own:
+            path = run / "eval_0000004" / "metrics.json"
+        else:
+            path = run / f"eval_{split}_{setting}" / "metrics.json"
+            if setting == own and not path.is_file():
+                path = run / f"eval_{split}_own" / "metrics.json"
+        return {k: 100 * v for k, v in json.loads(path.read_text())["bbox"].items()}
+
+    chosen = {}
+    for arm in ("baseline", "dla_dsl"):
+        scores = {}
+        for trained in (out, out / "nms070"):
+            for setting in ("1000_nms085", "1000_nms070"):
+                runs = [trained / arm / f"seed{s}" for s in (0, 1)]
+                scores[(trained, setting)] = sum(ap(r, "val", setting)["AP"] for r in runs) / 2
+        chosen[arm] = max(scores, key=scores.get)
+        trained, setting = chosen[arm]
+        label = summary["chosen"][arm]
+        assert ("0.85, tested" in label) == (trained == out)
+        assert label.endswith("NMS 0.85" if setting == "1000_nms085" else "NMS 0.7")
+    for column in ("AP", "AP90"):
+        diffs = [ap(chosen["dla_dsl"][0] / "dla_dsl" / f"seed{s}", "test",
+                    chosen["dla_dsl"][1])[column]
+                 - ap(chosen["baseline"][0] / "baseline" / f"seed{s}", "test",
+                      chosen["baseline"][1])[column] for s in (0, 1)]
+        got = summary["differences"]["dla_dsl"][column]
+        assert got["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-9) and got["n"] == 2
+    assert re.search(r"^- dla_dsl - baseline \(best against best\): AP [+-]\d", text, re.M)
+
+
+def test_best_vs_best_needs_a_test_split_and_the_rpn(data) -> None:
+    from dynrcnn.study.command import StudyRequest, build_spec
+
+    base = {k: str(data / "d" / v) for k, v in (
+        ("train_images", "train"), ("train_ann", "annotations/instances_train.json"),
+        ("val_images", "val"), ("val_ann", "annotations/instances_val.json"))}
+    with pytest.raises(UsageError, match="--best-vs-best chooses each arm's setting on val"):
+        build_spec(StudyRequest(out_dir="x", base=base, best_vs_best=True))
+    done = dynrcnn(*study_args("s_bad", "--best-vs-best", "--model-kwargs",
+                               '{"rpn_nms_thresh": 0.7}'), cwd=data, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("dynrcnn study: error: --model-kwargs: --best-vs-best sets "
+                                   "the RPN of each candidate; leave out rpn_nms_thresh")

@@ -6,25 +6,38 @@ runs the study (dynrcnn.study.runner: resumable, one run per GPU or `--jobs` on 
 prints one `dynrcnn train` command per pending run (`--plan`, for a cluster scheduler), or
 only reports (`--report`: evaluates what the finished runs still lack, then writes
 `report.md`, `report.json` and the PNGs into the study directory).
+
+Every arm trains in the paper's RPN setting (1000 proposals after NMS 0.85). With
+`--best-vs-best` every arm also trains at NMS 0.7 (runs under nms070/), every run is tested
+in both settings, and the report adds the user's comparison (dynrcnn.study.choice): each
+arm at the (training, test) setting of its best mean val AP, compared on test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from dynrcnn.engine.config import UsageError
-from dynrcnn.study.arms import PAPER_MODEL, select_arms
+from dynrcnn.study.arms import BASELINE, MASK_BASELINE, PAPER_MODEL, select_arms
 from dynrcnn.study.runner import Job, Runner, StudySpec, plan
-from dynrcnn.study.settings import OWN, metrics_path, pending_evals
-from dynrcnn.study.stats import COLUMNS
+from dynrcnn.study.settings import (
+    BEST_VS_BEST_SETTINGS,
+    OWN,
+    SETTING_TEXT,
+    metrics_path,
+    pending_evals,
+)
+from dynrcnn.study.stats import COLUMNS, paired_difference, verdict
 
 DEFAULT_ARMS = ("baseline", "dla_dsl", "t060")
 REPORT_COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90")
 MASK_ARCHS = ("mask_rcnn", "dynamic_mask_rcnn")
+NMS070_DIR = "nms070"  # --best-vs-best: the runs trained at RPN NMS 0.7, under the study
 DATA_FIELDS = ("data_dir", "train_images", "train_ann", "val_images", "val_ann")
 # TrainConfig fields a study sets per run: given as flags they would be silently replaced
 PER_RUN = {"arch": "--arms (each arm is a detector)", "seed": "--seeds N (seeds 0..N-1)",
@@ -47,6 +60,7 @@ class StudyRequest:
     threads: Optional[int] = None
     gpus: Optional[str] = None
     command: str = "dynrcnn study"
+    best_vs_best: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -136,6 +150,8 @@ def build_spec(req: StudyRequest, gpu_count: Optional[int] = None) -> StudySpec:
             for k, v in req.base.items() if k != "init_weights"}
     from dynrcnn.engine.config import TrainConfig
 
+    if req.best_vs_best:
+        _check_best_vs_best(base, data["test"])
     test_images, test_ann = (os.path.abspath(p) if p else None
                              for p in (data["test_images"], data["test"]))
     return StudySpec(out_dir=os.path.abspath(req.out_dir), data_dir=base.get("data_dir") or "",
@@ -144,7 +160,29 @@ def build_spec(req: StudyRequest, gpu_count: Optional[int] = None) -> StudySpec:
                      interval=int(base.get("dynamic", {}).get("interval", 100)),
                      core_seeds=req.seeds, other_seeds=req.seeds, jobs=jobs, threads=threads,
                      protocol="paper", init_weights=_abs(req.base.get("init_weights")), base=base,
-                     test_images=test_images, test_ann=test_ann, gpus=gpus)
+                     test_images=test_images, test_ann=test_ann, gpus=gpus,
+                     test_settings=list(BEST_VS_BEST_SETTINGS) if req.best_vs_best else None)
+
+
+def _check_best_vs_best(base: Dict[str, Any], test_ann: Optional[str]) -> None:
+    if test_ann is None:
+        raise UsageError("--best-vs-best chooses each arm's setting on val and reports it on "
+                         "test: give --test-images and --test-ann")
+    rpn = sorted(set(base.get("model_kwargs", {})) & set(PAPER_MODEL))
+    if rpn:
+        raise UsageError(f"--model-kwargs: --best-vs-best sets the RPN of each candidate; "
+                         f"leave out {', '.join(rpn)}")
+
+
+def study_jobs(spec: StudySpec) -> Tuple[List[Job], List[Job]]:
+    """(the runs in the paper's setting, every run): with --best-vs-best the second list
+    adds each arm's runs at NMS 0.7, in out_dir/nms070/."""
+    jobs = plan(spec)
+    if not spec.test_settings:
+        return jobs, jobs
+    other = dataclasses.replace(spec, protocol="paper_nms070",
+                                out_dir=os.path.join(spec.out_dir, NMS070_DIR))
+    return jobs, jobs + [dataclasses.replace(j, tag="NMS 0.7") for j in plan(other)]
 
 
 def plan_commands(jobs: Sequence[Job], spec: StudySpec) -> List[str]:
@@ -185,9 +223,62 @@ def report(jobs: Sequence[Job], spec: StudySpec, command: str) -> str:
     info = {**spec_info(spec), "split": split,
             "images": _count_images(spec.test_ann if split == "test" else
                                     jobs[0].config.data_paths()["val_ann"])}
-    return report_study(jobs, os.path.join(spec.out_dir, "report.md"), info, command,
+    path = os.path.join(spec.out_dir, "report.md")
+    text = report_study(jobs, path, info, command,
                         columns=REPORT_COLUMNS + (("segm AP",) if masks else ()),
                         metrics_of=lambda j: metrics_path(j.run_dir, j.config, split, OWN))
+    if spec.test_settings:
+        text = _add_best_vs_best(spec, [j.arm.name for j in jobs], path, info["images"])
+    return text
+
+
+def _add_best_vs_best(spec: StudySpec, arm_names: Sequence[str], path: str,
+                      images: int) -> str:
+    """Appends the best-against-best section to report.md and report.json."""
+    from dynrcnn.engine.checkpoint import atomic_write_text
+    from dynrcnn.study.choice import choice_report, choose, collect
+
+    arms = list(dict.fromkeys(arm_names))
+    reference = MASK_BASELINE if MASK_BASELINE in arms else BASELINE
+    settings = " and ".join(SETTING_TEXT[s] for s in BEST_VS_BEST_SETTINGS)
+    lines = ["", "## Best against best", "",
+             f"Every arm was also trained at NMS 0.7 (runs in {NMS070_DIR}/), and every run "
+             f"was tested at {settings}: four candidates per arm. Each arm takes the candidate "
+             "of its best mean val AP (box AP); the chosen ones are compared on test, paired "
+             "by seed, by the rules of the verdict above.", ""]
+    summary: Dict[str, Any] = {"reference": reference}
+    try:
+        choice = choose(collect([spec.out_dir, os.path.join(spec.out_dir, NMS070_DIR)],
+                                arms, BEST_VS_BEST_SETTINGS), arms)
+    except ValueError as exc:
+        lines.append(f"Not yet: {exc}.")
+        choice = None
+    if choice is not None and reference in choice.chosen:
+        lines.append(choice_report(choice, references=[reference]).rstrip())
+        ref = choice.chosen[reference]
+        summary.update(seeds=choice.seeds, chosen={a: c.label for a, c in choice.chosen.items()},
+                       differences={})
+        lines.append("")
+        where = f"{images} test images"
+        for arm, cand in choice.chosen.items():
+            if arm == reference:
+                continue
+            diffs = {col: paired_difference(
+                {s: cand.metrics["test"][s][col] for s in choice.seeds},
+                {s: ref.metrics["test"][s][col] for s in choice.seeds}) for col in COLUMNS}
+            summary["differences"][arm] = {col: dataclasses.asdict(d) for col, d in
+                                           diffs.items() if d is not None}
+            name = f"{arm} - {reference} (best against best)"
+            lines += [f"- {verdict(name, col, diffs[col], where)}" for col in ("AP", "AP90")]
+    with open(path) as f:
+        text = f.read().rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    atomic_write_text(text, path)
+    json_path = os.path.splitext(path)[0] + ".json"
+    with open(json_path) as f:
+        data = json.load(f)
+    data["best_vs_best"] = summary
+    atomic_write_text(json.dumps(data, indent=1), json_path)
+    return text
 
 
 def spec_info(spec: StudySpec) -> Dict[str, Any]:
@@ -204,7 +295,9 @@ def spec_info(spec: StudySpec) -> Dict[str, Any]:
             "data": {"train": paths["train_ann"], "val": paths["val_ann"],
                      "test": spec.test_ann or "none"},
             "rpn": f"{model}; KI 75 / Kbeta 10 (the paper's) for the dynamic arms; arms "
-                   "differ only in their RoI heads"}
+                   "differ only in their RoI heads" + (
+                       f"; with --best-vs-best also rpn_nms_thresh 0.7 ({NMS070_DIR}/, see "
+                       "Best against best)" if spec.test_settings else "")}
 
 
 def common_config(given: Dict[str, Any], config_file: Optional[str],
@@ -240,24 +333,29 @@ def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = prin
     """The command: mode "run" (train what is pending, then report), "plan" (print the
     commands) or "report" (no training). Returns the exit status."""
     spec = build_spec(req)
-    jobs = plan(spec)
+    jobs, every = study_jobs(spec)
     if mode == "plan":
         os.makedirs(spec.out_dir, exist_ok=True)
-        lines = plan_commands(jobs, spec)
+        lines = plan_commands(every, spec)
         for line in lines:
             echo(line)
-        echo(f"# {len(lines)} of {len(jobs)} runs to train; then: {req.command} --report")
+        echo(f"# {len(lines)} of {len(every)} runs to train; then: {req.command} --report")
         return 0
     failed: List[str] = []
     if mode == "run":
-        runner = Runner(spec, jobs=jobs)
+        runner = Runner(spec, jobs=every)
         runner.run()
         failed = runner.failed
     else:
-        evaluate_finished(jobs, echo)
+        evaluate_finished(every, echo)
     text = report(jobs, spec, req.command)
-    verdict = text[text.index("## Verdict"):] if "## Verdict" in text else ""
-    echo(verdict.split("\n## ")[0].rstrip() or "no finished pair of runs yet")
+    verdicts = text[text.index("## Verdict"):].split("\n## ")[0] if "## Verdict" in text \
+        else "no finished pair of runs yet"
+    echo(verdicts.rstrip())
+    if "## Best against best" in text:  # its verdict lines (its tables are in the report)
+        section = text[text.index("## Best against best"):]
+        echo("\n".join(line for line in section.splitlines()
+                       if line.startswith(("- ", "Not yet"))))
     echo(f"report written to {os.path.join(spec.out_dir, 'report.md')}")
     if failed:
         echo(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)")

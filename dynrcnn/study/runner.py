@@ -73,6 +73,9 @@ class StudySpec:
     test_images: Optional[str] = None  # an optional held-out split of the user's data
     test_ann: Optional[str] = None
     gpus: Optional[List[int]] = None  # one run per GPU (CUDA_VISIBLE_DEVICES); None: CPU
+    # the test settings every run on the user's data is evaluated at (None: its own only;
+    # --best-vs-best: both of settings.BEST_VS_BEST_SETTINGS)
+    test_settings: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         checks = {"--iterations": self.iterations, "--interval": self.interval,
@@ -128,10 +131,11 @@ class Job:
     seed: int
     run_dir: str
     config: TrainConfig
+    tag: str = ""  # tells apart runs of one arm and seed in two protocols (--best-vs-best)
 
     @property
     def name(self) -> str:
-        return f"{self.arm.name} seed {self.seed}"
+        return f"{self.arm.name} seed {self.seed}" + (f" ({self.tag})" if self.tag else "")
 
     def finished(self) -> bool:
         return os.path.isfile(final_metrics_path(self.run_dir, self.config.iterations))

@@ -38,6 +38,8 @@ SETTING_TEXT = {"300_nms070": "300 @ NMS 0.7", "1000_nms085": "1000 @ NMS 0.85",
 # Evaluated for every run of a study: the two protocols' own settings (cpu, paper).
 STUDY_SETTINGS: Tuple[str, ...] = ("300_nms070", "1000_nms085")
 HELD_OUT_SPLITS: Tuple[str, ...] = ("val", "test")
+# `dynrcnn study --best-vs-best`: every run (trained in either) is tested in both
+BEST_VS_BEST_SETTINGS: Tuple[str, ...] = ("1000_nms085", "1000_nms070")
 
 
 def own_setting(model_kwargs: Mapping[str, Any]) -> Optional[str]:
@@ -79,9 +81,24 @@ def held_out_splits(config: Any, run_dir: Optional[str] = None
 
 
 def metrics_path(run_dir: str, config: Any, split: str, setting: str) -> str:
-    """Where the metrics of a run (config: its TrainConfig) on `split` at `setting` are."""
-    if split == "val" and setting in (OWN, own_setting(config.model_kwargs)):
-        return final_metrics_path(run_dir, config.iterations)
+    """Where the metrics of a run (config: its TrainConfig) on `split` at `setting` are.
+
+    A run's own setting has two names, OWN and its TEST_SETTINGS name: a study on the
+    user's data evaluates at OWN, the same study with --best-vs-best at the names. The
+    evaluation is the same, so it is done once and found under either name (a study that
+    adds --best-vs-best later reuses its test evaluations)."""
+    own = own_setting(config.model_kwargs)
+    if setting == OWN or (own is not None and setting == own):
+        if split == "val":
+            return final_metrics_path(run_dir, config.iterations)
+        other = own if setting == OWN else OWN
+        path, alias = (_eval_path(run_dir, split, name) for name in (setting, other))
+        if other is not None and os.path.isfile(alias) and not os.path.isfile(path):
+            return alias
+    return _eval_path(run_dir, split, setting)
+
+
+def _eval_path(run_dir: str, split: str, setting: Optional[str]) -> str:
     return os.path.join(run_dir, f"eval_{split}_{setting}", "metrics.json")
 
 

@@ -52,12 +52,13 @@ def user_config(spec: StudySpec, arm: Arm, seed: int, run_dir: str,
 
 def run_file(spec: StudySpec, config: TrainConfig) -> Dict[str, Any]:
     """The study_run.json of a run on the user's data: its held-out splits (val, and test
-    when given) and the test settings it is evaluated at (its own RPN)."""
+    when given) and the test settings it is evaluated at (its own RPN, or with
+    --best-vs-best every candidate setting)."""
     paths = config.data_paths()
     splits = {"val": [paths["val_images"], paths["val_ann"]]}
     if spec.test_ann:
         splits["test"] = [spec.test_images, spec.test_ann]
-    return {"splits": splits, "settings": [OWN]}
+    return {"splits": splits, "settings": list(spec.test_settings or [OWN])}
 
 
 def write_run_files(job: Job, spec: StudySpec) -> None:

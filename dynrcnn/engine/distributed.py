@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
+import sys
+import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Deque, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -107,10 +111,11 @@ def shutdown(info: DistInfo, clean: bool = True) -> None:
     to the process group that nothing releases (torch 2.14: 10 Python references survive
     `del ddp` and destroy_process_group), so the gloo backend is never freed and its worker
     threads live until the interpreter exits. A worker that drops the last reference to a
-    Python-owned tensor (the *_object collectives create them) after finalization began
-    must take the GIL, Python ends the thread with pthread_exit, and the forced unwind
-    through C++ aborts the process: "terminate called without an active exception". The
-    barrier makes every rank finish its previous collectives (and their tensors) first.
+    Python-owned tensor after finalization began must take the GIL, Python ends the thread
+    with pthread_exit, and the forced unwind through C++ aborts the process: "terminate
+    called without an active exception". The barrier makes every rank finish its previous
+    collectives first; the object collectives keep their tensors referenced (_KEPT) so
+    that no worker holds the last reference to one.
     clean=False (an exception is propagating): no barrier, which could hang on a peer that
     failed elsewhere; just destroy.
     """
@@ -118,6 +123,7 @@ def shutdown(info: DistInfo, clean: bool = True) -> None:
         return
     if clean and dist.get_world_size() > 1:
         dist.barrier()
+        _wait_for_release()
     dist.destroy_process_group()
 
 
@@ -132,6 +138,7 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
         return tensor.clone()
     out = tensor.detach().clone()
     dist.all_reduce(out)
+    _KEPT.append([out])
     return out / dist.get_world_size()
 
 
@@ -140,33 +147,88 @@ def all_reduce_min(tensor: Tensor) -> Tensor:
         return tensor.clone()
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.MIN)
-    return out
+    _KEPT.append([out])
+    return out.clone()
+
+
+# The tensors this module hands to collectives, the last few of them. A gloo worker thread
+# destroys a finished collective's work (and with it the work's references to its tensors)
+# a moment after the caller saw it finish; the final barrier's work even keeps the works
+# still in progress when it was queued. Each C++ reference to a tensor made in Python holds
+# a reference to its Python object (torch >= 2.10), so that release takes the GIL, and at
+# interpreter exit Python ends a thread that asks for it with pthread_exit: the process
+# aborts with "terminate called without an active exception" (seen one run in six under
+# load, the core showing ~AsyncBarrierWork -> ~AsyncBroadcastWork -> decref_pyobject on a
+# gloo worker). So the collectives here run on tensors only this deque references, and
+# shutdown() waits until no C++ reference to them is left (_wait_for_release).
+_KEPT: Deque[List[Tensor]] = deque(maxlen=8)
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_gather_payloads(obj: Any) -> List[Any]:
+    """Every rank's pickled `obj`, unpickled, in rank order (two all_gathers: the sizes,
+    then the payloads padded to the longest)."""
+    device = _collective_device()
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    world = dist.get_world_size()
+    size = torch.tensor([len(data)], dtype=torch.long, device=device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    lengths = [int(n.item()) for n in sizes]
+    payload = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    payload[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+    outs = [torch.empty_like(payload) for _ in range(world)]
+    dist.all_gather(outs, payload)
+    _KEPT.append([size, *sizes, payload, *outs])
+    return [pickle.loads(out[:n].cpu().numpy().tobytes()) for out, n in zip(outs, lengths)]
+
+
+def _wait_for_release(timeout_s: float = 10.0) -> None:
+    """Until no collective's work references a tensor of _KEPT (each C++ reference adds one
+    to its Python reference count: 3 here are the list's, the loop's and getrefcount's),
+    at most `timeout_s`; then forget them."""
+    deadline = time.monotonic() + timeout_s
+    for group in list(_KEPT):
+        for tensor in group:
+            while sys.getrefcount(tensor) > 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+    _KEPT.clear()
 
 
 def gather_objects(obj: Any, dst: int = 0) -> Optional[List[Any]]:
     """Every rank's `obj` as a list on rank `dst` (None elsewhere); [obj] in one process."""
     if not is_distributed():
         return [obj]
-    out: Optional[List[Any]] = [None] * dist.get_world_size() if get_rank() == dst else None
-    dist.gather_object(obj, out, dst=dst)
-    return out
+    gathered = _all_gather_payloads(obj)
+    return gathered if get_rank() == dst else None
 
 
 def all_gather_objects(obj: Any) -> List[Any]:
+    """Every rank's `obj` on every rank, in rank order; [obj] in one process."""
     if not is_distributed():
         return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    return _all_gather_payloads(obj)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s `obj` on every rank."""
     if not is_distributed():
         return obj
-    box = [obj if get_rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    device = _collective_device()
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if get_rank() == src else b""
+    size = torch.tensor([len(data)], dtype=torch.long, device=device)
+    dist.broadcast(size, src=src)
+    payload = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
+    if get_rank() == src:
+        payload.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    dist.broadcast(payload, src=src)
+    _KEPT.append([size, payload])
+    return obj if get_rank() == src else pickle.loads(payload.cpu().numpy().tobytes())
 
 
 @torch.no_grad()
@@ -189,6 +251,7 @@ def sync_dynamic_state(state: DynamicState) -> None:
                          state.iou_thr.double(), state.beta.double()])
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, local)
+    _KEPT.append([local, *parts])
     table = torch.stack(parts).cpu()
     if bool((table[:, 0] != table[0, 0]).any()):
         raise RuntimeError(
@@ -198,8 +261,10 @@ def sync_dynamic_state(state: DynamicState) -> None:
         warnings.warn(
             f"DynamicState T/beta differ across ranks ({table[:, 1:].tolist()}); using rank "
             "0's values", RuntimeWarning, stacklevel=2)
-    dist.broadcast(state.iou_thr, src=0)
-    dist.broadcast(state.beta, src=0)
+    # rank 0's values, gathered above (float32 -> float64 -> float32 is exact): no broadcast
+    # of the buffers themselves, which _KEPT could not account for (see _KEPT)
+    state.iou_thr.copy_(table[0, 1].to(state.iou_thr))
+    state.beta.copy_(table[0, 2].to(state.beta))
 
 
 @torch.no_grad()
@@ -218,4 +283,7 @@ def broadcast_buffers(model: nn.Module) -> None:
                for b in m.buffers()}
     for buf in model.buffers():
         if id(buf) not in dynamic:
-            dist.broadcast(buf, src=0)
+            copy = buf.detach().clone()  # a tensor only _KEPT references (see _KEPT)
+            dist.broadcast(copy, src=0)
+            buf.copy_(copy)
+            _KEPT.append([copy])

@@ -393,3 +393,20 @@ def test_init_weights_is_formatted_per_seed_and_checked_before_training(tmp_path
     for bad in ("w{arm}.pth", "w{0}.pth", "w{.pth"):
         with pytest.raises(UsageError, match="--init-weights .* only placeholder"):
             dataclasses.replace(spec, init_weights=bad)
+
+
+def test_eta_counts_evaluation_only_runs_at_their_own_pace(tmp_path):
+    """A study resumed with runs that only lack evaluations: their minute each must not
+    make the ETA of the runs still to train look like minutes."""
+    from types import SimpleNamespace
+
+    from dynrcnn.study.runner import Runner, StudySpec
+
+    runner = Runner(StudySpec(out_dir=str(tmp_path), data_dir=str(tmp_path)), echo=False,
+                    jobs=[])
+    train, evaluate = (SimpleNamespace(trains=lambda: True), SimpleNamespace(trains=lambda: False))
+    assert runner._eta([train, train], {}, {True: [], False: [60.0]}) == ""  # nothing timed
+    durations = {True: [900.0, 1020.0], False: [60.0]}
+    assert runner._eta([train, evaluate], {}, durations) == ", about 17 min left"
+    runner._running = {"x": None}
+    assert runner._eta([], {"x": True}, durations) == ", about 16 min left"

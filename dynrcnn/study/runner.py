@@ -345,7 +345,10 @@ class Runner:
                  f"earlier, {settings}{evals}")
         pending = list(todo)
         starts: Dict[str, float] = {}
-        done_times: List[float] = []
+        # durations of runs that trained and of runs that were only evaluated, apart: a
+        # resumed study's first lines would otherwise promise minutes for hours of training
+        trains: Dict[str, bool] = {}
+        durations: Dict[bool, List[float]] = {True: [], False: []}
         jobs_by_name = {j.name: j for j in self.jobs}
         while pending or self._running:
             while pending and len(self._running) < self.spec.jobs:
@@ -353,6 +356,7 @@ class Runner:
                 state = ("retraining" if job.finished() and job.trains() else
                          "evaluating" if job.finished() else
                          "resuming" if job.started() else "starting")
+                trains[job.name] = job.trains()
                 self._running[job.name] = self._launch(job)
                 gpu = self._gpu_of.get(job.name)
                 self.log(f"{state} {job.name} -> {job.run_dir}"
@@ -368,10 +372,11 @@ class Runner:
                 job = jobs_by_name[name]
                 seconds = time.perf_counter() - starts[name]
                 if proc.returncode == 0 and job.complete():
-                    done_times.append(seconds)
+                    durations[trains[name]].append(seconds)
                     finished = sum(j.complete() for j in self.jobs)
                     self.log(f"done {name} in {seconds:.0f} s ({_metrics_text(job)}); "
-                             f"{finished}/{total} finished{self._eta(pending, done_times)}")
+                             f"{finished}/{total} finished"
+                             f"{self._eta(pending, trains, durations)}")
                 else:
                     self.failed.append(name)
                     self.log(f"FAILED {name} (exit {proc.returncode}): see "
@@ -379,12 +384,16 @@ class Runner:
         self.log(f"study run over: {sum(j.complete() for j in self.jobs)}/{total} finished, "
                  f"{len(self.failed)} failed")
 
-    def _eta(self, pending: Sequence[Job], done_times: Sequence[float]) -> str:
-        left = len(pending) + len(self._running)
-        if not left or not done_times:
+    def _eta(self, pending: Sequence[Job], trains: Dict[str, bool],
+             durations: Dict[bool, List[float]]) -> str:
+        """', about N min left': each run left (pending or running) costs the mean time of
+        the finished runs of its kind (trained, or only evaluated); none before a run of
+        each kind that is left has finished."""
+        left = [j.trains() for j in pending] + [trains[name] for name in self._running]
+        mean = {kind: sum(times) / len(times) for kind, times in durations.items() if times}
+        if not left or any(kind not in mean for kind in left):
             return ""
-        per_job = sum(done_times) / len(done_times)
-        return f", about {per_job * left / self.spec.jobs / 60:.0f} min left"
+        return f", about {sum(mean[kind] for kind in left) / self.spec.jobs / 60:.0f} min left"
 
 
 # The runner's first line of each invocation in study.log ends with this; the report parses

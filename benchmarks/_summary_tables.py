@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from dynrcnn.study.choice import Candidate, choose, collect
-from dynrcnn.study.settings import SETTING_TEXT, STUDY_SETTINGS
+from dynrcnn.study.settings import BEST_VS_BEST_SETTINGS, SETTING_TEXT, STUDY_SETTINGS
 from dynrcnn.study.stats import PairedDiff, paired_difference
 
 COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
@@ -97,7 +97,8 @@ def by_seed(runs: Sequence[Dict[str, Any]], arm: str, column: str) -> Dict[int, 
 
 
 def best_vs_best(results: Path, archives: Sequence[str], arms: Sequence[str],
-                 columns: Sequence[str] = COLUMNS) -> Tuple[Dict[str, Candidate], List[int]]:
+                 columns: Sequence[str] = COLUMNS, settings: Sequence[str] = STUDY_SETTINGS
+                 ) -> Tuple[Dict[str, Candidate], List[int]]:
     """Each arm's chosen candidate over the archives (dynrcnn.study.choice) and the seeds.
     An archive named "NAME:arm,arm" gives only those arms' candidates (a study whose other
     arms were retrained elsewhere)."""
@@ -106,7 +107,7 @@ def best_vs_best(results: Path, archives: Sequence[str], arms: Sequence[str],
     for entry in archives:
         name, _, only = entry.partition(":")
         mine = [a for a in arms if not only or a in only.split(",")]
-        candidates += collect([str(results / name)], mine, STUDY_SETTINGS, columns=columns)
+        candidates += collect([str(results / name)], mine, settings, columns=columns)
     keys = [(c.arm, c.trained, c.tested, c.fine_tuned) for c in candidates]
     if len(set(keys)) != len(keys):
         raise ValueError(f"two archives of {archives} hold the same candidate")
@@ -412,6 +413,26 @@ def fashion(results: Path) -> Table:
                  markdown_table(["detectors", "seeds", *columns], rows, right=5), out)
 
 
+def fashion_best(results: Path) -> Table:
+    """Best against best on the Fashion-MNIST scenes (`dynrcnn study --best-vs-best`): each
+    detector trained at NMS 0.85 or 0.7 and tested at either, chosen on val, test split."""
+    archive = "study_fashion_bvb_cpu"
+    chosen, seeds = best_vs_best(results, (archive, f"{archive}/nms070"),
+                                 ["dla_dsl", "baseline"], GLANCE_COLUMNS,
+                                 settings=BEST_VS_BEST_SETTINGS)
+    diffs = {c: test_diff(chosen, seeds, "dla_dsl", "baseline", c) for c in GLANCE_COLUMNS}
+    row = ["Dynamic R-CNN - baseline", str(len(seeds)), *(cell(diffs[c]) for c in GLANCE_COLUMNS)]
+    return Table("Fashion-MNIST scenes, best against best: each detector at the RPN setting "
+                 "of its best val AP (trained and tested at 1000 proposals @ NMS 0.85 or "
+                 "0.7), test split, paired by seed.",
+                 markdown_table(["detectors", "seeds", *GLANCE_COLUMNS], [row], right=5),
+                 [{"seeds": seeds, **{c: diff_row(d) for c, d in diffs.items()},
+                   "dla_dsl": setting_text(chosen["dla_dsl"]),
+                   "baseline": setting_text(chosen["baseline"])}],
+                 f"Chosen: Dynamic {setting_text(chosen['dla_dsl'])}, baseline "
+                 f"{setting_text(chosen['baseline'])}.")
+
+
 TABLES: Dict[str, Callable[[Path], Table]] = {
     "glance": lambda results: glance(results, paper_row=True),
     "glance_columns": lambda results: glance(results, columns=COLUMNS, paper_row=True),
@@ -426,6 +447,7 @@ TABLES: Dict[str, Callable[[Path], Table]] = {
     "machines": machines,
     "masks": masks,
     "fashion": fashion,
+    "fashion_best": fashion_best,
     "figure1": figure1,
 }
 

@@ -42,6 +42,10 @@ SETS: Dict[str, Dict[str, Any]] = {
               "archives": ("study_large_cpu_runs", "study_paper_large_cpu_runs")},
     "finetune": {"text": "fine-tuned, jittered boxes",
                  "archives": ("study_paper_finetune_cpu_runs",)},
+    # real product photos (fashion_scenes.py); candidates: 1000 @ NMS 0.85 or 0.7
+    "fashion": {"text": "Fashion-MNIST scenes, real photos (1000 @ NMS 0.85 or 0.7)",
+                "archives": ("study_fashion_bvb_cpu", "study_fashion_bvb_cpu/nms070"),
+                "settings": BEST_VS_BEST_SETTINGS},
 }
 
 
@@ -143,7 +147,7 @@ def glance(results: Path, reference: str = "baseline",
     for name in sets:
         spec = SETS[name]
         chosen, seeds = best_vs_best(results, spec["archives"], ["dla_dsl", reference],
-                                     columns)
+                                     columns, spec.get("settings", STUDY_SETTINGS))
         diffs = {c: test_diff(chosen, seeds, "dla_dsl", reference, c) for c in columns}
         rows.append([spec["text"], str(len(seeds)), *(cell(diffs[c]) for c in columns)])
         out.append({"set": name, "seeds": seeds, **{c: diff_row(d) for c, d in diffs.items()},
@@ -395,7 +399,7 @@ def fashion(results: Path) -> Table:
     with open(results / "study_fashion_cpu" / "report.json") as f:
         report = json.load(f)
     runs, spec = report["runs"], report["spec"]
-    columns = ("AP", "AP50", "AP75", "AP90")
+    columns = COLUMNS
     rows, out = [], []
     for arm, ref, text in (("dla_dsl", "baseline", "Dynamic R-CNN - baseline"),
                            ("t060", "baseline", "fixed T 0.6 - baseline"),
@@ -406,36 +410,20 @@ def fashion(results: Path) -> Table:
         out.append({"pair": f"{arm} - {ref}", **{c: diff_row(d) for c, d in diffs.items()}})
     base = list(by_seed(runs, "baseline", "AP").values())
     return Table(f"Scenes of Fashion-MNIST product photos (10 classes, 128 px, "
-                 f"{spec['images']} {spec['split']} images), every arm with the paper's RPN "
+                 f"{spec['images']} {spec['split']} images, 500 val), every arm with the paper's "
+                 "RPN "
                  f"(1000 @ NMS 0.85): arm minus reference at the same seed. The baseline's "
                  f"AP is {statistics.fmean(base):.1f} and moves {statistics.stdev(base):.1f} "
                  "(sd) between seeds.",
-                 markdown_table(["detectors", "seeds", *columns], rows, right=5), out)
-
-
-def fashion_best(results: Path) -> Table:
-    """Best against best on the Fashion-MNIST scenes (`dynrcnn study --best-vs-best`): each
-    detector trained at NMS 0.85 or 0.7 and tested at either, chosen on val, test split."""
-    archive = "study_fashion_bvb_cpu"
-    chosen, seeds = best_vs_best(results, (archive, f"{archive}/nms070"),
-                                 ["dla_dsl", "baseline"], GLANCE_COLUMNS,
-                                 settings=BEST_VS_BEST_SETTINGS)
-    diffs = {c: test_diff(chosen, seeds, "dla_dsl", "baseline", c) for c in GLANCE_COLUMNS}
-    row = ["Dynamic R-CNN - baseline", str(len(seeds)), *(cell(diffs[c]) for c in GLANCE_COLUMNS)]
-    return Table("Fashion-MNIST scenes, best against best: each detector at the RPN setting "
-                 "of its best val AP (trained and tested at 1000 proposals @ NMS 0.85 or "
-                 "0.7), test split, paired by seed.",
-                 markdown_table(["detectors", "seeds", *GLANCE_COLUMNS], [row], right=5),
-                 [{"seeds": seeds, **{c: diff_row(d) for c, d in diffs.items()},
-                   "dla_dsl": setting_text(chosen["dla_dsl"]),
-                   "baseline": setting_text(chosen["baseline"])}],
-                 f"Chosen: Dynamic {setting_text(chosen['dla_dsl'])}, baseline "
-                 f"{setting_text(chosen['baseline'])}.")
+                 markdown_table(["detectors", "seeds", *columns], rows,
+                                right=len(columns) + 1), out)
 
 
 TABLES: Dict[str, Callable[[Path], Table]] = {
     "glance": lambda results: glance(results, paper_row=True),
-    "glance_columns": lambda results: glance(results, columns=COLUMNS, paper_row=True),
+    "glance_columns": lambda results: glance(
+        results, sets=("exact", "large", "jittered", "finetune", "fashion"), columns=COLUMNS,
+        paper_row=True),
     "glance_t060": lambda results: glance(results, "t060", ("exact", "jittered")),
     "speed": speed,
     "paper_protocol": paper_protocol,
@@ -447,7 +435,6 @@ TABLES: Dict[str, Callable[[Path], Table]] = {
     "machines": machines,
     "masks": masks,
     "fashion": fashion,
-    "fashion_best": fashion_best,
     "figure1": figure1,
 }
 

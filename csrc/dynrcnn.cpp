@@ -32,4 +32,20 @@ TORCH_LIBRARY(dynrcnn, m) {
   m.def(
       "dynamic_smooth_l1_backward(Tensor grad_output, Tensor input, Tensor target, "
       "Tensor beta, Tensor? weight, int reduction) -> Tensor");
+
+  // torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)[:max_keep] (max_keep -1:
+  // all): the same kept indices in the same order, bit for bit; the RPN's proposal filter.
+  m.def(
+      "batched_nms_topk(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, "
+      "int max_keep) -> Tensor");
+
+  // torchvision.ops.roi_align with torchvision's results bit for bit (forward and gradient);
+  // rois [K, 5] = (image index, x1, y1, x2, y2). Gradients flow to input only.
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, "
+      "int pooled_width, int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, "
+      "int pooled_width, int batch_size, int channels, int height, int width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
 }

@@ -9,6 +9,12 @@ from typing import Tuple
 from dynrcnn.modeling.backbones import BACKBONES, build_backbone
 from dynrcnn.modeling.builder import ARCHS, build_detector
 from dynrcnn.modeling.cascade_roi_heads import AgnosticPredictor, CascadeRoIHeads
+from dynrcnn.modeling.cpu_fast_path import (
+    FastMultiScaleRoIAlign,
+    FastProposalFilterRPN,
+    use_cpu_fast_path,
+    use_stock_modules,
+)
 from dynrcnn.modeling.dynamic_roi_heads import DynamicRoIHeads, dynamic_fastrcnn_loss
 from dynrcnn.modeling.torchvision_io import (
     NoTorchvisionConstructor,
@@ -52,6 +58,8 @@ __all__ = [
     "AgnosticPredictor",
     "CascadeRoIHeads",
     "DynamicRoIHeads",
+    "FastMultiScaleRoIAlign",
+    "FastProposalFilterRPN",
     "InitReport",
     "InitWeightsError",
     "NoTorchvisionConstructor",
@@ -69,4 +77,6 @@ __all__ = [
     "script_detector",
     "to_torchvision",
     "torchvision_constructor",
+    "use_cpu_fast_path",
+    "use_stock_modules",
 ]

@@ -31,6 +31,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 
 from dynrcnn.dynamic import DynamicConfig
 from dynrcnn.modeling.backbones import BACKBONE_SPECS
+from dynrcnn.modeling.cpu_fast_path import use_cpu_fast_path, use_stock_modules
 from dynrcnn.modeling.dynamic_roi_heads import DynamicRoIHeads
 from dynrcnn.modeling.weights import is_training_state, weights_mismatch
 
@@ -54,7 +55,9 @@ def make_dynamic(model: FasterRCNN, dynamic: Optional[DynamicConfig] = None,
     every experiment ("to relieve the scarcity of positives"; torchvision's default is 0.7):
     pass `rpn_nms_thresh=None` to keep the model's own, or another value. `dynamic` is the
     DynamicConfig (default: the paper's KI 75, Kbeta 10 per image, C 100). The DynamicState
-    is put on the model's device. Returns `model`.
+    is put on the model's device. On the CPU the RPN's NMS and the RoI poolers also get
+    dynrcnn's faster ops (torchvision's results bit for bit; see cpu_fast_path), which
+    `to_torchvision` swaps back. Returns `model`.
     """
     if not isinstance(model, FasterRCNN):
         raise TypeError(f"make_dynamic takes a torchvision FasterRCNN or MaskRCNN, got "
@@ -71,6 +74,7 @@ def make_dynamic(model: FasterRCNN, dynamic: Optional[DynamicConfig] = None,
     model.roi_heads = DynamicRoIHeads.from_roi_heads(heads, dynamic).to(device)
     if rpn_nms_thresh is not None:
         model.rpn.nms_thresh = float(rpn_nms_thresh)
+    use_cpu_fast_path(model)
     return model
 
 
@@ -262,7 +266,7 @@ def to_torchvision(model: FasterRCNN) -> FasterRCNN:
     try:
         spec = torchvision_constructor(model)
     except NoTorchvisionConstructor:
-        stock = copy.deepcopy(model)
+        stock = use_stock_modules(copy.deepcopy(model))
         if isinstance(stock.roi_heads, DynamicRoIHeads):
             stock.roi_heads = _stock_heads(stock.roi_heads)
         return stock

@@ -48,3 +48,25 @@ def _dynamic_smooth_l1_backward_fake(grad_output: Tensor, input: Tensor, target:
                                      beta: Tensor, weight: Optional[Tensor],
                                      reduction: int) -> Tensor:
     return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dynrcnn::batched_nms_topk")
+def _batched_nms_topk_fake(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
+                           max_keep: int) -> Tensor:
+    # How many boxes survive depends on the data: an unbacked size, at most N (and max_keep).
+    count = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((count,), dtype=torch.int64)
+
+
+@torch.library.register_fake("dynrcnn::roi_align")
+def _roi_align_fake(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
+                    pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("dynrcnn::roi_align_backward")
+def _roi_align_backward_fake(grad: Tensor, rois: Tensor, spatial_scale: float,
+                             pooled_height: int, pooled_width: int, batch_size: int,
+                             channels: int, height: int, width: int, sampling_ratio: int,
+                             aligned: bool) -> Tensor:
+    return grad.new_empty((batch_size, channels, height, width))

@@ -171,3 +171,29 @@ def dynamic_smooth_l1(
     if reduction == "mean":
         total = total / loss.numel() if loss.numel() else total * math.nan
     return total.to(input.dtype)
+
+
+# The two ops below reproduce torchvision's exactly; their reference is torchvision itself.
+
+def batched_nms_topk(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
+                     max_keep: int) -> Tensor:
+    """torchvision.ops.batched_nms(...)[:max_keep] (-1: all)."""
+    from torchvision.ops import batched_nms
+
+    keep = batched_nms(boxes, scores, idxs, iou_threshold)
+    return keep if max_keep < 0 else keep[:max_keep]
+
+
+def rois_from_boxes(boxes: Sequence[Tensor]) -> Tensor:
+    """[K, 5] rois (image index, x1, y1, x2, y2) from per-image [K_b, 4] boxes."""
+    from torchvision.ops._utils import convert_boxes_to_roi_format
+
+    return convert_boxes_to_roi_format(list(boxes))
+
+
+def roi_align(input: Tensor, rois: Tensor, output_size: Sequence[int], spatial_scale: float,
+              sampling_ratio: int, aligned: bool) -> Tensor:
+    """torchvision.ops.roi_align."""
+    from torchvision.ops import roi_align as tv_roi_align
+
+    return tv_roi_align(input, rois, list(output_size), spatial_scale, sampling_ratio, aligned)

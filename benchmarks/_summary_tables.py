@@ -178,12 +178,28 @@ def speed(results: Path) -> Table:
         out.append({k: row[k] for k in ("name", "train_ratio", "train_ratio_ci", "infer_ratio",
                                          "infer_ratio_ci")})
     env = data["environment"]
-    return Table(
-        f"Speed against Faster R-CNN, same process ({env['device']}, {env['threads']} threads, "
-        f"{data['config']['backbone']}, {data['config']['image (h x w)']} px; median of "
-        "per-round ratios, 95% CI): train step time and inference images/s.",
-        markdown_table(["detector", "train step time", "inference images/s"], rows, right=2),
-        out)
+    title = (f"Speed against Faster R-CNN, same process ({env['device']}, {env['threads']} "
+             f"threads, {data['config']['backbone']}, {data['config']['image (h x w)']} px; "
+             "median of per-round ratios, 95% CI): train step time and inference images/s.")
+    for threads in (1, 2):  # bench_train_step.py: the CPU fast path against torchvision's ops
+        path = results / f"train_step_cpu_{threads}thread{'s' if threads > 1 else ''}.json"
+        if not path.exists():
+            continue
+        with open(path) as f:
+            step = json.load(f)["against"]["stock torchvision"]
+        tr, inf = step["train_time_ratio"], step["infer_rate_ratio"]
+        rows.append([f"Dynamic R-CNN vs the same network in stock torchvision, {threads} "
+                     f"thread{'s' if threads > 1 else ''}",
+                     f"{tr['ratio']:.2f}x [{tr['low']:.2f}, {tr['high']:.2f}]",
+                     f"{inf['ratio']:.2f}x [{inf['low']:.2f}, {inf['high']:.2f}]"])
+        out.append({"name": f"vs stock torchvision, {threads} thread(s)",
+                    "train_ratio": tr["ratio"], "train_ratio_ci": [tr["low"], tr["high"]],
+                    "infer_ratio": inf["ratio"], "infer_ratio_ci": [inf["low"], inf["high"]]})
+        title += (" Last rows: against the same Dynamic R-CNN made stock torchvision "
+                  "(to_torchvision), the Fashion study's setting (tiny_fpn, 128 px, batch 4, "
+                  "the paper's RPN), bench_train_step.py." if threads == 1 else "")
+    return Table(title, markdown_table(["detector", "train step time", "inference images/s"],
+                                       rows, right=2), out)
 
 
 ARM_TEXT = {"dla": "DLA only", "dsl": "DSL only", "dla_dsl": "DLA + DSL",

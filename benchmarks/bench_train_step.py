@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 from _common import environment, positive_int
+from _step_ops import op_ratios
 from torch import Tensor, nn
 
 from dynrcnn.data import CocoDetection
@@ -46,7 +47,9 @@ STUDY_MODEL: Dict[str, Any] = {**PAPER_MODEL, "box_batch_size_per_image": 128,
 BREAKDOWN = (("RPN NMS", ("torchvision::nms", "dynrcnn::batched_nms_topk")),
              ("roi_align backward", ("torchvision::_roi_align_backward",
                                      "dynrcnn::roi_align_backward")),
-             ("roi_align forward", ("torchvision::roi_align", "dynrcnn::roi_align")),
+             ("roi_align forward", ("torchvision::roi_align", "dynrcnn::roi_align",
+                                    "GeneratedBackwardFor_torchvision_roi_align_default")),
+             ("box head linear layers", ("aten::mm", "aten::addmm")),
              ("convolutions", ("aten::convolution", "aten::_convolution", "aten::mkldnn_conv",
                                "aten::convolution_backward", "aten::thnn_conv",
                                "aten::_slow_conv2d", "aten::native_batch_norm")))
@@ -87,6 +90,13 @@ class Arm:
     def _keep_proposals(self, module: nn.Module, args: Any, output: Any) -> None:
         self.proposals = [p.detach().clone() for p in output[0]]
 
+    def infer(self, batch: Batch) -> None:
+        """Detections for the batch's first image (eval mode, no grad)."""
+        self.model.eval()
+        with torch.no_grad():
+            self.model(batch[0][:1])
+        self.model.train()
+
     def step(self, batch: Batch, seed: int) -> None:
         torch.manual_seed(seed)  # the RoI and anchor samplers draw the same for every arm
         images, targets = batch
@@ -96,15 +106,17 @@ class Arm:
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
         self.optimizer.step()
-        self.losses = {k: float(v) for k, v in losses.items()}
+        self.losses = {k: float(v.detach()) for k, v in losses.items()}
 
 
-def timed_rounds(arms: Dict[str, Arm], batches: List[Batch], warmup: int,
-                 seed: int) -> Tuple[Dict[str, List[float]], Dict[str, Any]]:
-    """Per-arm step seconds over the rounds after `warmup`, and the equivalence checks."""
+def timed_rounds(arms: Dict[str, Arm], batches: List[Batch], warmup: int, seed: int
+                 ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]], Dict[str, Any]]:
+    """Per-arm train-step and inference seconds over the rounds after `warmup`, and the
+    equivalence checks."""
     import time
 
     times: Dict[str, List[float]] = {name: [] for name in arms}
+    infer_times: Dict[str, List[float]] = {name: [] for name in arms}
     names = list(arms)
     same_proposals, first_round_proposals, max_loss_diff = True, True, 0.0
     for r, batch in enumerate(batches):
@@ -112,8 +124,11 @@ def timed_rounds(arms: Dict[str, Arm], batches: List[Batch], warmup: int,
         for name in order:
             t0 = time.perf_counter()
             arms[name].step(batch, seed + r)
+            t1 = time.perf_counter()
+            arms[name].infer(batch)
             if r >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(t1 - t0)
+                infer_times[name].append(time.perf_counter() - t1)
         fast, twin, stock = (arms[n] for n in names)
         same_proposals &= _equal(fast.proposals, twin.proposals)
         if r == 0:
@@ -127,17 +142,17 @@ def timed_rounds(arms: Dict[str, Arm], batches: List[Batch], warmup: int,
               "proposals_equal_every_round (dynrcnn vs torchvision ops)": same_proposals,
               "proposals_equal_first_round (dynrcnn vs stock torchvision)": first_round_proposals,
               "max_abs_loss_difference (dynrcnn vs torchvision ops)": max_loss_diff}
-    return times, checks
+    return times, infer_times, checks
 
 
 def _equal(a: List[Tensor], b: List[Tensor]) -> bool:
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def paired_ratio(reference: List[float], fast: List[float], seed: int,
+def paired_ratio(numerator: List[float], denominator: List[float], seed: int,
                  resamples: int = 2000) -> Dict[str, float]:
-    """Median of per-round reference/fast ratios with a bootstrap 95% interval."""
-    ratios = [r / f for r, f in zip(reference, fast)]
+    """Median of per-round numerator/denominator ratios with a bootstrap 95% interval."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
     rng = random.Random(seed)
     boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
                   for _ in range(resamples))
@@ -168,24 +183,41 @@ def breakdown(arm: Arm, batches: List[Batch], seed: int) -> Dict[str, float]:
 
 
 def write_report(out: Path, env: Dict[str, Any], times: Dict[str, List[float]],
-                 ratios: Dict[str, Dict[str, float]], checks: Dict[str, Any],
-                 parts: Dict[str, Dict[str, float]]) -> None:
+                 infer_times: Dict[str, List[float]], seed: int, checks: Dict[str, Any],
+                 parts: Dict[str, Dict[str, float]], ops: List[Dict[str, Any]]) -> None:
     medians = {n: 1e3 * statistics.median(t) for n, t in times.items()}
-    result = {"environment": env, "model": STUDY_MODEL, "median_ms": medians,
-              "speedup": ratios, "checks": checks, "breakdown_ms": parts}
+    infer_medians = {n: 1e3 * statistics.median(t) for n, t in infer_times.items()}
+    fast = ARMS[0]
+    # Against each other arm: dynrcnn's step time / the arm's (the README's "train step
+    # time"), the arm's / dynrcnn's (the speedup), and images/s dynrcnn / the arm's.
+    against = {name: {"train_time_ratio": paired_ratio(times[fast], times[name], seed),
+                      "train_speedup": paired_ratio(times[name], times[fast], seed),
+                      "infer_rate_ratio": paired_ratio(infer_times[name], infer_times[fast],
+                                                       seed)}
+               for name in ARMS[1:]}
+    result = {"environment": env, "model": STUDY_MODEL, "median_train_ms": medians,
+              "median_infer_ms": infer_medians, "against": against, "checks": checks,
+              "breakdown_ms": parts, "ops": ops}
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# One training step, dynrcnn vs stock torchvision ({env['device']}, "
              f"{env['threads']} thread{'s' if env['threads'] > 1 else ''})", ""]
     lines += [f"- {k}: `{v}`" for k, v in env.items()]
     lines += ["", "Dynamic R-CNN, tiny_fpn, 128-px Fashion-MNIST scenes, batch 4, the paper's "
               "RPN (2000 proposals before NMS 0.85, 1000 after), 128 RoIs per image; "
-              "paired steps, order alternating each round; speedup = median over rounds of "
-              "(arm's step time / dynrcnn's), bootstrap 95% interval.", "",
-              "| arm | median step | speedup of dynrcnn [95% CI] |", "|---|---|---|"]
+              "paired rounds (a train step of every arm, then one image's inference), order "
+              "alternating each round; ratios are medians over rounds with bootstrap 95% "
+              "intervals.", "",
+              "| arm | median train step | dynrcnn's speedup [95% CI] | median inference "
+              "(1 image) | dynrcnn's images/s ratio [95% CI] |", "|---|---|---|---|---|"]
+
+    def cell(r: Dict[str, float]) -> str:
+        return f"{r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
     for name in times:
-        r = ratios.get(name)
-        cell = "-" if r is None else f"{r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
-        lines.append(f"| {name} | {medians[name]:.1f} ms | {cell} |")
+        a = against.get(name)
+        lines.append(f"| {name} | {medians[name]:.1f} ms | "
+                     f"{'-' if a is None else cell(a['train_speedup'])} | "
+                     f"{infer_medians[name]:.1f} ms | "
+                     f"{'-' if a is None else cell(a['infer_rate_ratio'])} |")
     lines += ["", "Equivalence (the fast path must change nothing):", ""]
     lines += [f"- {k}: {v}" for k, v in checks.items()]
     names = list(parts)
@@ -193,6 +225,11 @@ def write_report(out: Path, env: Dict[str, Any], times: Dict[str, List[float]],
               "| part | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in parts[names[0]]:
         lines.append(f"| {key} | " + " | ".join(f"{parts[n][key]:.1f} ms" for n in names) + " |")
+    lines += ["", "The two ops alone, on the inputs one step gives them (all calls of a step, "
+              "torchvision's op and dynrcnn's side by side, interleaved):", "",
+              "| op | calls per step | torchvision | dynrcnn | speedup |", "|---|---|---|---|---|"]
+    lines += [f"| {r['op']} | {r['calls_per_step']} | {r['torchvision_ms']:.2f} ms | "
+              f"{r['dynrcnn_ms']:.2f} ms | {r['speedup']:.2f}x |" for r in ops]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -215,18 +252,18 @@ def main(argv: List[str] | None = None) -> int:
                            args.seed)
     num_classes = CocoDetection(args.data_dir / "train", ann).num_classes
     arms = {name: Arm(model) for name, model in build_arms(num_classes, args.seed).items()}
-    times, checks = timed_rounds(arms, batches[:args.rounds + args.warmup], args.warmup,
-                                 args.seed)
-    ratios = {name: paired_ratio(times[name], times[ARMS[0]], args.seed)
-              for name in ARMS[1:]}
+    times, infer_times, checks = timed_rounds(arms, batches[:args.rounds + args.warmup],
+                                              args.warmup, args.seed)
     profile_batches = batches[args.rounds + args.warmup:]
     parts = {"stock torchvision ops (before)": breakdown(arms[ARMS[1]], profile_batches,
                                                          args.seed),
              "dynrcnn (after)": breakdown(arms[ARMS[0]], profile_batches, args.seed)}
+    fast = arms[ARMS[0]]
+    ops = op_ratios(lambda: fast.step(profile_batches[0], args.seed), args.rounds)
     command = "python benchmarks/bench_train_step.py " + " ".join(argv or sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(args.out, environment(torch.device("cpu"), command), times, ratios, checks,
-                 parts)
+    write_report(args.out, environment(torch.device("cpu"), command), times, infer_times,
+                 args.seed, checks, parts, ops)
     print(args.out.with_suffix(".md").read_text())
     return 0
 

@@ -21,7 +21,8 @@ bool test_registration() {
   const int failures_before = g_failures;
   for (const char* name : {"dynrcnn::box_iou", "dynrcnn::dynamic_match", "dynrcnn::dynamic_smooth_l1",
                            "dynrcnn::dynamic_smooth_l1_backward",
-                           "dynrcnn::dynamic_smooth_l1_with_grad"}) {
+                           "dynrcnn::dynamic_smooth_l1_with_grad", "dynrcnn::batched_nms_topk",
+                           "dynrcnn::roi_align", "dynrcnn::roi_align_backward"}) {
     const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
     CHECK(op.has_value(), c10::str(name, " has no schema: is libdynrcnn_ops loaded?"));
     if (op) CHECK(op->hasKernelForDispatchKey(c10::DispatchKey::CPU), c10::str(name, " has no CPU kernel"));

@@ -9,12 +9,7 @@ from typing import Tuple
 from dynrcnn.modeling.backbones import BACKBONES, build_backbone
 from dynrcnn.modeling.builder import ARCHS, build_detector
 from dynrcnn.modeling.cascade_roi_heads import AgnosticPredictor, CascadeRoIHeads
-from dynrcnn.modeling.cpu_fast_path import (
-    FastMultiScaleRoIAlign,
-    FastProposalFilterRPN,
-    use_cpu_fast_path,
-    use_stock_modules,
-)
+from dynrcnn.modeling.cpu_fast_path import use_cpu_fast_path, use_stock_modules
 from dynrcnn.modeling.dynamic_roi_heads import DynamicRoIHeads, dynamic_fastrcnn_loss
 from dynrcnn.modeling.torchvision_io import (
     NoTorchvisionConstructor,
@@ -58,8 +53,6 @@ __all__ = [
     "AgnosticPredictor",
     "CascadeRoIHeads",
     "DynamicRoIHeads",
-    "FastMultiScaleRoIAlign",
-    "FastProposalFilterRPN",
     "InitReport",
     "InitWeightsError",
     "NoTorchvisionConstructor",

@@ -88,7 +88,8 @@ class Arm:
         model.rpn.register_forward_hook(self._keep_proposals)
 
     def _keep_proposals(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.proposals = [p.detach().clone() for p in output[0]]
+        if module.training:  # the train step's, not the inference's after it
+            self.proposals = [p.detach().clone() for p in output[0]]
 
     def infer(self, batch: Batch) -> None:
         """Detections for the batch's first image (eval mode, no grad)."""

@@ -187,7 +187,7 @@ def notes(rows: List[Row], mem_reason: str, device: torch.device) -> str:
         f"max of {MEM_SAMPLES} samples." + (f" n/a: {mem_reason}." if mem_reason else ""),
         f"- dynamic_vs_faster_train_ratio = {y:.3f}: dynamic_rcnn with the baseline's RPN NMS "
         f"({BASELINE_NMS}) against faster_rcnn, so that only DLA/DSL differ. The paper's "
-        "dynamic_rcnn row (RPN NMS 0.85) also pays for the RPN keeping more proposals.",
+        "dynamic_rcnn row (RPN NMS 0.85) also has the RPN keep more proposals.",
         f"- dynamic_vs_cascade_infer_speedup = {x:.3f}: dynamic_rcnn as in the paper "
         "(RPN NMS 0.85) images/s over cascade_rcnn images/s.",
         "- Weights (tensors loaded from the models built before, by name and shape; the "

@@ -181,23 +181,30 @@ def speed(results: Path) -> Table:
     title = (f"Speed against Faster R-CNN, same process ({env['device']}, {env['threads']} "
              f"threads, {data['config']['backbone']}, {data['config']['image (h x w)']} px; "
              "median of per-round ratios, 95% CI): train step time and inference images/s.")
-    for threads in (1, 2):  # bench_train_step.py: the CPU fast path against torchvision's ops
-        path = results / f"train_step_cpu_{threads}thread{'s' if threads > 1 else ''}.json"
-        if not path.exists():
-            continue
-        with open(path) as f:
-            step = json.load(f)["against"]["stock torchvision"]
-        tr, inf = step["train_time_ratio"], step["infer_rate_ratio"]
-        rows.append([f"Dynamic R-CNN vs the same network in stock torchvision, {threads} "
-                     f"thread{'s' if threads > 1 else ''}",
-                     f"{tr['ratio']:.2f}x [{tr['low']:.2f}, {tr['high']:.2f}]",
-                     f"{inf['ratio']:.2f}x [{inf['low']:.2f}, {inf['high']:.2f}]"])
-        out.append({"name": f"vs stock torchvision, {threads} thread(s)",
-                    "train_ratio": tr["ratio"], "train_ratio_ci": [tr["low"], tr["high"]],
-                    "infer_ratio": inf["ratio"], "infer_ratio_ci": [inf["low"], inf["high"]]})
-        title += (" Last rows: against the same Dynamic R-CNN made stock torchvision "
+    # bench_train_step.py: the CPU fast path against the same network in stock torchvision,
+    # one row, 1 thread / 2 threads in each cell
+    steps = {}
+    for threads, name in ((1, "1thread"), (2, "2threads")):
+        path = results / f"train_step_cpu_{name}.json"
+        if path.exists():
+            with open(path) as f:
+                steps[threads] = json.load(f)["against"]["stock torchvision"]
+    if steps:
+        def both(key: str) -> str:
+            return " / ".join(f"{s[key]['ratio']:.2f}x [{s[key]['low']:.2f}, "
+                              f"{s[key]['high']:.2f}]" for s in steps.values())
+        threads_text = " / ".join(str(t) for t in steps)
+        rows.append([f"Dynamic R-CNN vs itself in stock torchvision, {threads_text} "
+                     "thread(s)", both("train_time_ratio"), both("infer_rate_ratio")])
+        out += [{"name": f"vs stock torchvision, {t} thread(s)",
+                 "train_ratio": s["train_time_ratio"]["ratio"],
+                 "train_ratio_ci": [s["train_time_ratio"]["low"], s["train_time_ratio"]["high"]],
+                 "infer_ratio": s["infer_rate_ratio"]["ratio"],
+                 "infer_ratio_ci": [s["infer_rate_ratio"]["low"], s["infer_rate_ratio"]["high"]]}
+                for t, s in steps.items()]
+        title += (" Last row: against the same Dynamic R-CNN made stock torchvision "
                   "(to_torchvision), the Fashion study's setting (tiny_fpn, 128 px, batch 4, "
-                  "the paper's RPN), bench_train_step.py." if threads == 1 else "")
+                  "the paper's RPN), bench_train_step.py.")
     return Table(title, markdown_table(["detector", "train step time", "inference images/s"],
                                        rows, right=2), out)
 

@@ -194,7 +194,7 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         pretrained=True if config.init_weights else None, **_model_kwargs(config))
     # A resumed run continues from its checkpoint, which holds the fine-tuned weights: the
     # init file is not read again (it may be gone by then).
-    resuming = config.resume and Checkpointer(config.out_dir).last_checkpoint() is not None
+    resuming = config.resume and bool(Checkpointer(config.out_dir).newest_first())
     if config.init_weights and not resuming:
         line = init_fine_tuning(model, config.init_weights)
         if int(os.environ.get("RANK", "0")) == 0:

@@ -17,7 +17,7 @@ import glob
 import os
 import random
 import tempfile
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 POINTER = "last_checkpoint"
 TMP_PREFIX = ".tmp-"
 FINAL_NAME = "model_final.pth"
+# What a training checkpoint holds at least (Trainer.checkpoint_state).
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "iteration")
 
 
 def _read_umask() -> int:
@@ -180,6 +182,34 @@ class Checkpointer:
     def checkpoints(self) -> List[str]:
         """Every checkpoint file in the directory (temporary files excluded)."""
         return sorted(glob.glob(os.path.join(self.directory, "model_*.pth")))
+
+    def newest_first(self) -> List[str]:
+        """The checkpoint files a resume may start from, newest first: model_final.pth, then
+        model_<iteration>.pth by iteration. The pointer is not trusted alone: it may name a
+        file that is gone (deleted, or a disk that filled) while older ones are there."""
+        files = self.checkpoints()
+        final = [p for p in files if os.path.basename(p) == FINAL_NAME]
+        return final + sorted((p for p in files if os.path.basename(p) != FINAL_NAME),
+                              reverse=True)
+
+    def load_newest(self) -> Tuple[Optional[str], Optional[Dict[str, Any]],
+                                   List[Tuple[str, str]]]:
+        """(path, checkpoint) of the newest training checkpoint that loads, or (None, None),
+        and the newer files skipped with the reason each one did not load."""
+        skipped: List[Tuple[str, str]] = []
+        for path in self.newest_first():
+            try:
+                ckpt = load_checkpoint(path)
+            except Exception as exc:  # truncated zip, not a torch file, unreadable, ...
+                why = " ".join(str(exc).split()) or type(exc).__name__
+                skipped.append((path, f"does not load ({why[:160]})"))
+                continue
+            missing = [k for k in TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+            if missing:
+                skipped.append((path, f"is not a training checkpoint (no {', '.join(missing)})"))
+                continue
+            return path, ckpt, skipped
+        return None, None, skipped
 
     def prune(self, keep: int) -> List[str]:
         """Delete all but the newest `keep` periodic checkpoints (keep=0: delete none);

@@ -38,7 +38,6 @@ from dynrcnn.engine.builders import (
 from dynrcnn.engine.checkpoint import (
     Checkpointer,
     capture_rng_state,
-    load_checkpoint,
     prepare_run_dir,
     restore_rng_state,
 )
@@ -168,16 +167,25 @@ class Trainer:
     # ------------------------------------------------------------------ resume / checkpoints
 
     def _resume(self) -> Optional[Dict[str, Any]]:
-        """Load the last checkpoint of out_dir; returns this rank's RNG state to restore."""
-        path = self.checkpointer.last_checkpoint()
-        if path is None:
+        """Load the newest checkpoint of out_dir that loads (a newer one that does not is
+        skipped, and said); returns this rank's RNG state to restore. Never starts over while
+        a checkpoint is there: if none loads, UsageError, and nothing is written."""
+        path, ckpt, skipped = self.checkpointer.load_newest()
+        if self.is_main:
+            for bad, why in skipped:
+                log.warning("resume: skipped %s: it %s", bad, why)
+        if path is None or ckpt is None:
+            if skipped:
+                raise UsageError(
+                    f"--resume: none of the {len(skipped)} checkpoint(s) in "
+                    f"{self.config.out_dir} loads (newest: {skipped[0][0]} {skipped[0][1]}); "
+                    "nothing was written: fix or move them, or give --overwrite to start over")
             if self.is_main:
                 start = (f"from {self.config.init_weights}" if self.config.init_weights
                          else "from scratch")
                 log.warning("resume: no checkpoint in %s, starting at iteration 0 %s",
                             self.config.out_dir, start)
             return None
-        ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -185,6 +193,8 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_iter = self.iteration = int(ckpt["iteration"])
         self.resumed_from = self.last_checkpoint = path
+        if self.is_main:
+            print(f"resumed from {path} at iteration {self.start_iter}", flush=True)
         self._warn_config_changes(ckpt.get("config", {}))
         states: List[Dict[str, Any]] = ckpt.get("rng", [])
         if len(states) != self.dist.world_size:
@@ -193,8 +203,6 @@ class Trainer:
                           "the run is not an exact continuation", RuntimeWarning, stacklevel=3)
             seed_everything(self.config.seed + self.dist.rank + self.start_iter)
             return None
-        if self.is_main:
-            log.info("resumed from %s at iteration %d", path, self.start_iter)
         return states[self.dist.rank]
 
     def _warn_config_changes(self, saved: Dict[str, Any]) -> None:

@@ -1,0 +1,121 @@
+"""The fault suite: bad input through the installed `dynrcnn` console script never loses
+data and never costs a run. Each case asserts the exit status, a one-line message naming
+the file or flag, and for the data-loss cases that every earlier checkpoint is unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+SCRIPT = Path(sys.executable).parent / "dynrcnn"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = ["--backbone", "tiny_fpn", "--min-size", "64", "--max-size", "64", "--num-workers", "0",
+        "--no-progress", "--no-plot", "--batch-size", "2", "--warmup-iters", "1"]
+
+
+def dynrcnn(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(done: subprocess.CompletedProcess, command: str, *needles: str) -> str:
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = [line for line in done.stderr.splitlines() if line.startswith("dynrcnn ")]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"dynrcnn {command}: error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def digests(run: Path) -> Dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.glob("model_*.pth"))}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    done = dynrcnn("make-synthetic", "--out", str(out), "--num-train", "4", "--num-val", "2",
+                   "--image-size", "64", "64")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir) -> Path:
+    """A run with checkpoints at iterations 2, 4 and the final one (6, model_final.pth)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    done = dynrcnn("train", "--data-dir", str(data_dir), "--out-dir", str(run),
+                   "--iterations", "6", "--checkpoint-period", "2", "--keep-checkpoints", "0",
+                   *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {p.name for p in run.glob("model_*.pth")} == {
+        "model_0000002.pth", "model_0000004.pth", "model_final.pth"}
+    return run
+
+
+def resume(run: Path, data_dir: Path, iterations: int = 6) -> subprocess.CompletedProcess:
+    return dynrcnn("train", "--data-dir", str(data_dir), "--out-dir", str(run), "--resume",
+                   "--iterations", str(iterations), "--checkpoint-period", "2",
+                   "--keep-checkpoints", "0", *TINY)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage"])
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, trained, data_dir,
+                                                               damage):
+    """Case 1: the pointer's file gone or broken started the run over, overwriting the rest."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "model_final.pth").unlink()
+    newest = run / "model_0000004.pth"
+    (run / "last_checkpoint").write_text("model_0000004.pth\n")
+    if damage == "deleted":
+        newest.unlink()
+    elif damage == "truncated":  # a disk that filled while writing
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    else:
+        newest.write_bytes(b"not a checkpoint")
+    before = digests(run)
+    done = resume(run, data_dir, iterations=2)  # nothing left to train from iteration 2
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from {run / 'model_0000002.pth'} at iteration 2" in done.stdout
+    if damage != "deleted":
+        assert f"skipped {newest}" in done.stderr
+    assert "from scratch" not in done.stderr + done.stdout
+    after = digests(run)
+    assert all(after[name] == digest for name, digest in before.items()
+               if name != "model_0000004.pth"), "an earlier checkpoint was written over"
+
+
+def test_resume_refuses_when_no_checkpoint_loads(tmp_path, trained, data_dir):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for path in run.glob("model_*.pth"):
+        path.write_bytes(b"broken")
+    before = digests(run)
+    one_line_error(resume(run, data_dir), "train", "--resume", "none of the 3 checkpoint(s)",
+                   "model_final.pth", "--overwrite")
+    assert digests(run) == before
+
+
+def test_resume_takes_a_newer_checkpoint_than_the_pointer_names(tmp_path, trained, data_dir):
+    """The checkpoint was written, the pointer not (killed between the two renames)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "model_final.pth").unlink()
+    (run / "last_checkpoint").write_text("model_0000002.pth\n")
+    done = resume(run, data_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from {run / 'model_0000004.pth'} at iteration 4" in done.stdout

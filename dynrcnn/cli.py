@@ -77,9 +77,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Draw the detections of one image into a PNG."""
     import torch
     from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
     from torchvision.utils import draw_bounding_boxes
 
+    from dynrcnn.data import rgb8_pixels
     from dynrcnn.engine import EvalConfig, UsageError, load_model_for_eval
 
     if not os.path.isfile(args.image):
@@ -90,7 +90,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = _class_names(args.ann, info["num_classes"]) if args.ann else \
         {k + 1: c["name"] for k, c in enumerate(info["categories"] or [])}
     try:
-        image = pil_to_tensor(Image.open(args.image).convert("RGB"))
+        with Image.open(args.image) as img:
+            image = torch.from_numpy(rgb8_pixels(img, f"--image {args.image}")).permute(2, 0, 1)
     except OSError as exc:
         raise UsageError(f"--image {args.image} cannot be read: {exc}") from None
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -119,3 +119,42 @@ def test_resume_takes_a_newer_checkpoint_than_the_pointer_names(tmp_path, traine
     done = resume(run, data_dir)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resumed from {run / 'model_0000004.pth'} at iteration 4" in done.stdout
+
+
+def test_a_16_bit_image_is_scaled_not_clipped_to_white(tmp_path, trained, data_dir):
+    """Case 2: 16-bit PNGs were read as all-white images (every pixel above 255 clipped)."""
+    first = sorted((data_dir / "train").iterdir())[0]
+    rgb = np.asarray(Image.open(first).convert("RGB"))
+    grey8 = rgb[:, :, 1]
+    Image.fromarray(grey8).save(tmp_path / "grey8.png")
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I;16")
+    outs = []
+    for name in ("grey8", "grey16"):
+        out = tmp_path / f"{name}_pred.png"
+        done = dynrcnn("predict", "--weights", str(trained / "model_final.pth"), "--image",
+                       str(tmp_path / f"{name}.png"), "--out", str(out), "--score-thresh", "0")
+        assert done.returncode == 0, done.stderr[-2000:]
+        outs.append(np.asarray(Image.open(out)))
+    assert np.array_equal(outs[0], outs[1])  # the same pixels, the same detections drawn
+
+    from dynrcnn.data import CocoDetection  # the training loader reads it the same way
+
+    ann = data_dir / "annotations" / "instances_train.json"
+    images16 = tmp_path / "train16"
+    shutil.copytree(data_dir / "train", images16)
+    for path in images16.iterdir():
+        channel = np.asarray(Image.open(path).convert("RGB"))[:, :, 1]
+        Image.fromarray(channel.astype(np.uint16) * 257).save(path)
+    eight = CocoDetection(data_dir / "train", ann).load_image(0)
+    sixteen = CocoDetection(images16, ann).load_image(0)
+    assert sixteen.std() > 0.01
+    assert (sixteen == eight[1:2].expand(3, -1, -1)).all()
+
+
+def test_an_image_of_unknown_range_is_one_line(tmp_path, trained):
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.random.rand(32, 32).astype(np.float32)).save(path)
+    done = dynrcnn("predict", "--weights", str(trained / "model_final.pth"), "--image",
+                   str(path))
+    one_line_error(done, "predict", f"--image {path}", "floating-point")

@@ -12,6 +12,7 @@ from dynrcnn.data.coco import (
     DatasetError,
     DatasetWarning,
     load_annotation_json,
+    rgb8_pixels,
 )
 from dynrcnn.data.transforms import (
     Compose,
@@ -25,6 +26,7 @@ from dynrcnn.data.transforms import (
 )
 
 __all__ = [
+    "rgb8_pixels",
     "SHAPE_CLASSES",
     "CocoDetection",
     "Compose",

@@ -134,6 +134,29 @@ def _check_segmentation(seg: Any, height: int, width: int) -> bool:
     return False
 
 
+# Grey 16-bit images (PNG, TIFF) open as "I;16*", or "I" from some writers. PIL's
+# convert("RGB") clips every value above 255, which turns a real 16-bit image nearly white:
+# they are scaled to 8 bits instead (v / 257, rounded: 65535 -> 255).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def rgb8_pixels(img: Image.Image, what: str) -> np.ndarray:
+    """uint8 [H, W, 3] (a writable copy) of an opened PIL image of any mode; 16-bit grey is
+    scaled to 8 bits. DatasetError, starting with `what` (e.g. the file's name), for pixels
+    with no known range (32-bit float, or 32-bit integers outside 0..65535)."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DatasetError(f"{what} has 32-bit integer pixels outside 0..65535: save it "
+                               "with 8 or 16 bits per channel")
+        grey = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        raise DatasetError(f"{what} has floating-point pixels (PIL mode F), whose range is "
+                           "unknown: save it with 8 or 16 bits per channel")
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
 class CocoDetection(Dataset):
     """A COCO-format detection data set (see the module docstring).
 
@@ -347,7 +370,9 @@ class CocoDetection(Dataset):
                                f"{str(self.annotation_file)!r}) does not exist")
         try:
             with Image.open(path) as img:
-                pixels = np.array(img.convert("RGB"), dtype=np.uint8)  # writable copy
+                pixels = rgb8_pixels(img, f"image file {str(path)!r} (image id {rec.image_id})")
+        except DatasetError:
+            raise
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... when corrupt
             raise DatasetError(f"image file {str(path)!r} (image id {rec.image_id}) cannot be "
                                f"read: {type(e).__name__}: {e}") from e

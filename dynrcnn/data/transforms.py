@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from dynrcnn.data.coco import rgb8_pixels
+
 Target = Dict[str, Any]
 Transform = Callable[[Tensor, Target], Tuple[Tensor, Target]]
 
@@ -74,8 +76,8 @@ class ToTensor:
     def __call__(self, image: Any, target: Target) -> Tuple[Tensor, Target]:
         if isinstance(image, Tensor):
             return image, target
-        pixels = np.array(image.convert("RGB") if hasattr(image, "convert") else image,
-                            dtype=np.uint8)
+        pixels = (rgb8_pixels(image, "the image") if hasattr(image, "convert")
+                  else np.array(image, dtype=np.uint8))
         if pixels.ndim != 3 or pixels.shape[2] != 3:
             raise ValueError(f"expected an RGB image (H, W, 3), got shape {pixels.shape}")
         tensor = torch.from_numpy(pixels).permute(2, 0, 1)

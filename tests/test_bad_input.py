@@ -5,13 +5,12 @@ the file or flag, and for the data-loss cases that every earlier checkpoint is u
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import pytest

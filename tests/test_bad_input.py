@@ -157,3 +157,50 @@ def test_an_image_of_unknown_range_is_one_line(tmp_path, trained):
     done = dynrcnn("predict", "--weights", str(trained / "model_final.pth"), "--image",
                    str(path))
     one_line_error(done, "predict", f"--image {path}", "floating-point")
+
+
+@pytest.mark.parametrize("kwargs,needles", [
+    ('{"rpn_nms_tresh": 0.85}', ["'rpn_nms_tresh' is not an argument of dynamic_rcnn",
+                                 "did you mean 'rpn_nms_thresh'"]),
+    ('{"rpn_nms_thresh": "high"}', ["rpn_nms_thresh must be a number", "'high'"]),
+    ('{"rpn_post_nms_top_n_train": 1000.5}', ["rpn_post_nms_top_n_train must be an integer"]),
+    ('{"box_fg_iou_thresh": 0.6}', ["dynamic_rcnn does not use 'box_fg_iou_thresh'"]),
+])
+def test_model_kwargs_are_checked_by_name_and_type(tmp_path, data_dir, kwargs, needles):
+    """Case 3: a misspelt key was ignored (and saved), a wrong type a pybind traceback."""
+    out = tmp_path / "run"
+    done = dynrcnn("train", "--data-dir", str(data_dir), "--out-dir", str(out),
+                   "--iterations", "1", "--model-kwargs", kwargs, *TINY)
+    one_line_error(done, "train", "--model-kwargs", *needles)
+    assert not out.exists()  # refused before anything was written
+
+
+def test_model_kwargs_of_other_archs_pass_the_check():
+    from dynrcnn.modeling.model_kwargs import check_model_kwargs
+
+    check_model_kwargs("faster_rcnn", {"box_fg_iou_thresh": 0.6, "min_size": [96, 128]})
+    check_model_kwargs("cascade_rcnn", {"cascade_iou_thresholds": [0.5, 0.6, 0.7],
+                                        "trainable_backbone_layers": 3})
+    check_model_kwargs("dynamic_mask_rcnn", {"mask_roi_pool": None, "rpn_nms_thresh": 1})
+    with pytest.raises(ValueError, match="'cascade_iou_thresholds' is not an argument"):
+        check_model_kwargs("faster_rcnn", {"cascade_iou_thresholds": [0.5]})
+
+
+@pytest.mark.parametrize("how", ["no annotations", "all crowd"])
+def test_a_train_split_without_a_usable_box_is_refused(tmp_path, data_dir, how):
+    """Case 4: it trained to the end on nothing, exit 0."""
+    import json
+
+    ann = json.loads((data_dir / "annotations" / "instances_train.json").read_text())
+    if how == "no annotations":
+        ann["annotations"] = []
+    else:
+        for a in ann["annotations"]:
+            a["iscrowd"] = 1
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(ann))
+    out = tmp_path / "run"
+    done = dynrcnn("train", "--train-images", str(data_dir / "train"), "--train-ann", str(path),
+                   "--out-dir", str(out), "--iterations", "2", *TINY)
+    one_line_error(done, "train", f"--train-ann {path}", "no box to train on")
+    assert not out.exists()

@@ -338,6 +338,11 @@ class CocoDetection(Dataset):
         return (f"{type(self).__name__}({len(self)} images, {self.num_classes - 1} classes, "
                 f"train={self.train}, masks={self.masks}, file={str(self.annotation_file)!r})")
 
+    def count_boxes(self) -> int:
+        """Boxes the targets of the data set hold (train mode: crowd and degenerate ones
+        dropped): 0 means there is nothing to train on."""
+        return sum(len(self._records[i].boxes) for i in self.ids)
+
     def image_path(self, index: int) -> Path:
         return self.images_dir / self._records[self.ids[index]].file_name
 

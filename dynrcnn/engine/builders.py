@@ -57,6 +57,11 @@ def _coco_dataset(images: Optional[str], ann: Optional[str], train: bool, masks:
 
     dataset = CocoDetection(images, ann, train=train, transforms=None, masks=masks)
     dataset.check_image_files()  # one stat per image: fail now, not hours into the run
+    if train and dataset.count_boxes() == 0:  # it would train to the end on nothing
+        total = len(dataset.coco.dataset.get("annotations", []))
+        raise UsageError(f"--{what}-ann {ann}: no box to train on (of its {total} "
+                         "annotations none is a usable non-crowd box: iscrowd 1 and "
+                         "degenerate boxes are not trained on)")
     return dataset
 
 
@@ -234,6 +239,7 @@ def load_model_for_eval(config: EvalConfig) -> Tuple[nn.Module, Dict[str, Any]]:
     categories ([{id, name}] by label, when the checkpoint has them).
     """
     from dynrcnn.modeling import build_detector
+    from dynrcnn.modeling.model_kwargs import check_model_kwargs
 
     if not config.weights:
         raise UsageError("--weights is required: the checkpoint (model_*.pth) or state_dict")
@@ -266,6 +272,10 @@ def load_model_for_eval(config: EvalConfig) -> Tuple[nn.Module, Dict[str, Any]]:
     if num_classes is None:
         raise UsageError(f"--num-classes is needed for the bare state_dict {config.weights} "
                          "(background included)")
+    try:
+        check_model_kwargs(arch, config.model_kwargs)
+    except ValueError as exc:
+        raise UsageError(f"--model-kwargs: {exc}") from None
     model = build_detector(arch, backbone=backbone, num_classes=num_classes, dynamic=dynamic,
                            **kwargs)
     load_weights(model, _state_of(ckpt), config.weights)

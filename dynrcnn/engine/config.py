@@ -211,6 +211,12 @@ class TrainConfig:
         if self.weights and self.init_weights:
             raise UsageError("--weights (this very model, strict) and --init-weights "
                              "(fine-tuning from another) contradict each other: give one")
+        from dynrcnn.modeling.model_kwargs import check_model_kwargs
+
+        try:  # a misspelt key would be ignored, a wrong type fail deep in torchvision
+            check_model_kwargs(self.arch, self.model_kwargs)
+        except ValueError as exc:
+            raise UsageError(f"--model-kwargs: {exc}") from None
 
     def data_paths(self) -> Dict[str, Optional[str]]:
         """train/val image folders and annotation files, data_dir filling the gaps."""

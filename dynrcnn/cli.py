@@ -381,6 +381,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if _is_main_process():
             print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C: what stopped where (a run says how to go on)
+        from dynrcnn.engine.errors import Interrupted
+
+        if _is_main_process():
+            why = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+            print(f"{prog}: {why}", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

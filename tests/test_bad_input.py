@@ -204,3 +204,76 @@ def test_a_train_split_without_a_usable_box_is_refused(tmp_path, data_dir, how):
                    "--out-dir", str(out), "--iterations", "2", *TINY)
     one_line_error(done, "train", f"--train-ann {path}", "no box to train on")
     assert not out.exists()
+
+
+def test_a_val_split_with_other_categories_is_refused_before_training(tmp_path, data_dir):
+    """Case 5: it trained, then died at the first evaluation with a KeyError."""
+    import json
+
+    ann = json.loads((data_dir / "annotations" / "instances_val.json").read_text())
+    for c in ann["categories"]:
+        c["id"] += 100
+    for a in ann["annotations"]:
+        a["category_id"] += 100
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(ann))
+    out = tmp_path / "run"
+    done = dynrcnn("train", "--data-dir", str(data_dir), "--val-ann", str(path), "--out-dir",
+                   str(out), "--iterations", "2", "--eval-period", "1", *TINY)
+    one_line_error(done, "train", f"--val-ann {path}", "category ids", "the same categories")
+    assert not list(out.glob("model_*.pth"))
+
+
+def test_a_wrong_image_folder_of_a_study_is_refused_before_training(tmp_path, data_dir):
+    """Case 6: every run trained, then failed, naming --val-images."""
+    out = tmp_path / "study"
+    done = dynrcnn("study", "--data-dir", str(data_dir), "--test-images", str(tmp_path / "NOPE"),
+                   "--test-ann", str(data_dir / "annotations" / "instances_val.json"),
+                   "--out-dir", str(out), "--arms", "baseline", "--seeds", "1",
+                   "--iterations", "2", *TINY)
+    one_line_error(done, "study", "--test-images", "NOPE")
+    assert not out.exists() or not list(out.rglob("model_*.pth"))
+
+
+def test_train_weights_that_do_not_fit_are_one_line(tmp_path, trained, data_dir):
+    """Case 9: `train --weights` of another class count was a RuntimeError traceback."""
+    done = dynrcnn("train", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "run"),
+                   "--iterations", "1", "--weights", str(trained / "model_final.pth"),
+                   "--num-classes", "9", *TINY)
+    one_line_error(done, "train", f"--weights {trained / 'model_final.pth'}", "does not fit")
+
+
+def test_an_out_dir_that_cannot_be_written_is_one_line(data_dir):
+    """Case 10: a PermissionError traceback (/sys refuses new files even to root)."""
+    done = dynrcnn("train", "--data-dir", str(data_dir), "--out-dir", "/sys/dynrcnn_run",
+                   "--iterations", "1", *TINY)
+    one_line_error(done, "train", "--out-dir /sys/dynrcnn_run", "cannot write")
+
+
+def test_plot_of_a_broken_log_is_one_line(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"iteration": 1, "total_lo\n')
+    one_line_error(dynrcnn("plot", str(tmp_path)), "plot", "log.jsonl", "no curves")
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_exits_130(tmp_path, data_dir):
+    """Case 10: Ctrl-C during training was a KeyboardInterrupt traceback."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(SCRIPT), "train", "--data-dir", str(data_dir), "--out-dir", str(run),
+         "--iterations", "100000", "--checkpoint-period", "1", *TINY],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(run.glob("model_*.pth")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    line = [x for x in err.splitlines() if x.startswith("dynrcnn train: ")]
+    assert len(line) == 1 and "interrupted after iteration" in line[0], err[-2000:]
+    newest = line[0].split("the newest checkpoint is ")[1].split(":")[0]
+    assert Path(newest).is_file() and "--resume" in line[0]

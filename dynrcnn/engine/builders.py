@@ -106,6 +106,17 @@ def check_categories(dataset: Any, num_classes: int,
                          f"in --weights {weights} has {num_classes - 1} (background aside)")
 
 
+def check_val_categories(train: Any, val: Any) -> None:
+    """UsageError unless the val set has the training set's category ids (the model's
+    labels map to those ids: any other val set fails at its first evaluation)."""
+    t, v = getattr(train, "cat_ids", None), getattr(val, "cat_ids", None)
+    if t is not None and v is not None and list(t) != list(v):
+        raise UsageError(f"--val-ann {getattr(val, 'annotation_file', '')} has category ids "
+                         f"{_ids(v)}, the training set "
+                         f"{getattr(train, 'annotation_file', '')} has {_ids(t)}: "
+                         "evaluation needs the same categories")
+
+
 def categories_from_ann(ann: str, num_classes: int) -> List[Dict[str, Any]]:
     """[{id, name}] by label from a COCO annotation file (labels are the sorted category ids
     numbered from 1, as dynrcnn.data.CocoDetection assigns them); UsageError naming --ann
@@ -188,15 +199,17 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     from dynrcnn.modeling import build_detector
 
     dynamic = config.dynamic if config.arch in DYNAMIC_ARCHS else None
-    if config.weights:
-        read_weights_file(config.weights)  # a file that is no checkpoint: one clear line
-    # pretrained: a trunk fine-tuned from init_weights is built as build_detector builds it
-    # for init_weights (frozen BN, trainable_backbone_layers); the loading is done here so
-    # that its line and its errors name the flag.
+    weights = read_weights_file(config.weights) if config.weights else None
+    # pretrained: a trunk fine-tuned from init_weights or started from weights is built as
+    # build_detector builds it for them (frozen BN, trainable_backbone_layers); the loading
+    # is done here so that its line and its errors name the flag.
     model = build_detector(
         config.arch, backbone=config.backbone, num_classes=num_classes,
-        weights=config.weights, backbone_weights=config.backbone_weights, dynamic=dynamic,
-        pretrained=True if config.init_weights else None, **_model_kwargs(config))
+        backbone_weights=config.backbone_weights, dynamic=dynamic,
+        pretrained=True if (config.init_weights or config.weights) else None,
+        **_model_kwargs(config))
+    if weights is not None:  # strict, but one line naming --weights when it does not fit
+        load_weights(model, _state_of(weights), config.weights)
     # A resumed run continues from its checkpoint, which holds the fine-tuned weights: the
     # init file is not read again (it may be gone by then).
     resuming = config.resume and bool(Checkpointer(config.out_dir).newest_first())

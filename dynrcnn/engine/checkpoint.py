@@ -211,6 +211,16 @@ class Checkpointer:
             return path, ckpt, skipped
         return None, None, skipped
 
+    def interrupted_line(self, iteration: int) -> str:
+        """What a user who stopped a run at `iteration` needs: where it stopped, the newest
+        checkpoint and how to go on from it."""
+        done = f"interrupted after iteration {iteration}"
+        newest = self.newest_first()
+        if not newest:
+            return f"{done}; no checkpoint was written yet (rerun it with --overwrite)"
+        return (f"{done}; the newest checkpoint is {newest[0]}: the same command with "
+                "--resume continues from it")
+
     def prune(self, keep: int) -> List[str]:
         """Delete all but the newest `keep` periodic checkpoints (keep=0: delete none);
         model_final.pth and the file the pointer names are never deleted. Call it after the
@@ -244,6 +254,25 @@ RUN_FILES = ("config.json", "log.jsonl", "eval.jsonl", "curves.png", "metrics.js
              "metrics.md", "results_bbox.json", "results_segm.json", POINTER)
 
 
+def _check_writable(directory: str) -> None:
+    """UsageError naming --out-dir unless files can be created in it (or, when it does not
+    exist yet, in its nearest existing parent): probed with a temporary file, which also
+    works for root, for whom permission bits say nothing."""
+    probe = os.path.abspath(directory)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"--out-dir {directory}: {probe} is a file, not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=TMP_PREFIX + "probe.")
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):  # a resume's cleanup may take it first
+            os.remove(tmp)
+    except OSError as exc:
+        raise UsageError(f"--out-dir {directory}: cannot write in {probe} "
+                         f"({exc.strerror or exc})") from None
+
+
 def prepare_run_dir(directory: PathLike, resume: bool, overwrite: bool,
                     delete: bool = True) -> List[str]:
     """Check a training run's out_dir before anything is built. An existing directory that
@@ -257,6 +286,7 @@ def prepare_run_dir(directory: PathLike, resume: bool, overwrite: bool,
     directory = os.fspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise UsageError(f"--out-dir {directory} exists and is not a directory")
+    _check_writable(directory)
     if not os.path.isdir(directory) or not os.listdir(directory) or resume:
         return []
     if not overwrite:

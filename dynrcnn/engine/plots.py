@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from dynrcnn.engine.errors import UsageError
 from dynrcnn.engine.logger import read_jsonl
 
 PANELS = (("total_loss", "total loss"), ("lr", "learning rate"),
@@ -49,7 +50,8 @@ def plot_training_curves(log_path: str, out_path: str,
     panels = [(key, title) for key, title in PANELS
               if any(r.get(key) is not None for r in rows)]
     if not panels:
-        raise ValueError(f"{log_path} has no curves to plot")
+        raise UsageError(f"{log_path} has no curves to plot (no complete record: an empty "
+                         "or broken log)")
     diagnostics = any(r.get(k) is not None for r in rows for k in _DIAGNOSTIC_KEYS)
     n_rows = 2 if diagnostics else 1
     n_cols = max(len(panels), len(DIAGNOSTIC_PANELS) if diagnostics else 0)

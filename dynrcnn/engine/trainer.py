@@ -32,6 +32,7 @@ from dynrcnn.engine.builders import (
     build_model,
     build_train_dataset,
     build_val_dataset,
+    check_val_categories,
     dataset_categories,
     get_dynamic_state,
 )
@@ -50,6 +51,7 @@ from dynrcnn.engine.distributed import (
     shutdown,
     sync_dynamic_state,
 )
+from dynrcnn.engine.errors import Interrupted
 from dynrcnn.engine.logger import JsonlWriter, LossMonitor
 from dynrcnn.engine.sampling import (
     AugmentedDataset,
@@ -110,8 +112,8 @@ class Trainer:
         self.train_dataset = train_dataset if train_dataset is not None else \
             build_train_dataset(config)
         self._val_dataset = val_dataset
-        if config.eval_period and val_dataset is None:  # fail now, not after hours of training
-            self._val_dataset = build_val_dataset(config)
+        if config.eval_period:  # fail now, not after hours of training
+            check_val_categories(self.train_dataset, self.val_dataset_of(config))
         data_classes = int(self.train_dataset.num_classes)
         num_classes = config.num_classes or data_classes
         if num_classes < data_classes:
@@ -270,12 +272,16 @@ class Trainer:
                           # shift) the global torch RNG that resume restores
                           generator=torch.Generator().manual_seed(cfg.seed))
 
+    def val_dataset_of(self, config: TrainConfig) -> Any:
+        """The validation set: the one given, else built from `config` on first use."""
+        if self._val_dataset is None:
+            self._val_dataset = build_val_dataset(config)
+        return self._val_dataset
+
     @property
     def val_dataset(self) -> Any:
         """The validation set: the one given, else built from the config on first use."""
-        if self._val_dataset is None:
-            self._val_dataset = build_val_dataset(self.config)
-        return self._val_dataset
+        return self.val_dataset_of(self.config)
 
     def evaluate(self, iteration: int) -> Dict[str, Any]:
         """COCO metrics on the val set (collective); rank 0 writes them into
@@ -372,6 +378,8 @@ class Trainer:
                     hook(self, n)
                 if bar is not None:
                     bar.update(1)
+        except KeyboardInterrupt:
+            raise Interrupted(self.checkpointer.interrupted_line(self.iteration)) from None
         finally:
             del data_iter  # stops loader workers
             if bar is not None:

@@ -87,6 +87,25 @@ def parse_gpus(text: Optional[str], count: int) -> Optional[List[int]]:
     return gpus
 
 
+def _check_images(flag: str, images: Optional[str], ann: str) -> None:
+    """UsageError naming `flag` unless every image `ann` lists is a file under `images`."""
+    import json
+
+    if not images or not os.path.isdir(images):
+        raise UsageError(f"{flag}: no image folder {images}")
+    try:
+        with open(ann) as f:
+            entries = json.load(f).get("images", [])
+        names = [e.get("file_name") for e in entries if isinstance(e, dict)]
+    except (OSError, ValueError, AttributeError):
+        return  # a broken annotation file: the data set's own checks name it
+    missing = [n for n in names
+               if not isinstance(n, str) or not os.path.isfile(os.path.join(images, n))]
+    if missing:
+        raise UsageError(f"{flag} {images}: {len(missing)} of the {len(names)} images "
+                         f"{ann} lists are not there (first: {missing[0]})")
+
+
 def check_data(base: Dict[str, Any], test_images: Optional[str], test_ann: Optional[str],
                archs: Sequence[str]) -> Dict[str, Optional[str]]:
     """The study's splits {train, val, test} as annotation files, checked: train and val
@@ -113,6 +132,12 @@ def check_data(base: Dict[str, Any], test_images: Optional[str], test_ann: Optio
             test_images, test_ann = os.path.join(data_dir, "test"), candidate
     if test_ann is not None and not os.path.isfile(test_ann):
         raise UsageError(f"--test-ann: no file {test_ann}")
+    # Images too, before any run trains: a wrong folder would fail every run at its end.
+    for split in ("train", "val"):
+        flag = f"--{split}-images" if base.get(f"{split}_images") else "--data-dir"
+        _check_images(flag, paths[f"{split}_images"], paths[f"{split}_ann"])
+    if test_ann is not None:
+        _check_images("--test-images", test_images, test_ann)
     if any(a in MASK_ARCHS for a in archs) and not _has_masks(paths["train_ann"]):
         raise UsageError(f"--arms: a mask arm needs segmentation masks, and "
                          f"{paths['train_ann']} has none")

@@ -277,3 +277,37 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_exits_130(tmp_path, data_dir):
     assert len(line) == 1 and "interrupted after iteration" in line[0], err[-2000:]
     newest = line[0].split("the newest checkpoint is ")[1].split(":")[0]
     assert Path(newest).is_file() and "--resume" in line[0]
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "wrong size"])
+def test_a_bad_image_in_a_loader_worker_is_one_line(tmp_path, data_dir, damage):
+    """Case 7: with loader workers the message held a 25-line worker traceback."""
+    images = tmp_path / "train"
+    shutil.copytree(data_dir / "train", images)
+    victim = sorted(images.iterdir())[1]
+    if damage == "corrupt":
+        victim.write_bytes(victim.read_bytes()[:40])
+    else:
+        Image.new("RGB", (13, 17)).save(victim)
+    args = [a for a in TINY if a not in ("--num-workers", "0")]
+    done = dynrcnn("train", "--train-images", str(images), "--train-ann",
+                   str(data_dir / "annotations" / "instances_train.json"), "--out-dir",
+                   str(tmp_path / "run"), "--iterations", "4", "--num-workers", "2", *args)
+    one_line_error(done, "train", str(victim))
+
+
+def test_a_broken_rle_is_named_not_a_pycocotools_crash(tmp_path, data_dir):
+    """Case 8: run lengths past the image's pixels passed and crashed pycocotools."""
+    import json
+
+    ann = json.loads((data_dir / "annotations" / "instances_train.json").read_text())
+    first = ann["annotations"][0]
+    image = next(i for i in ann["images"] if i["id"] == first["image_id"])
+    first["segmentation"] = {"size": [image["height"], image["width"]],
+                             "counts": [5, image["height"] * image["width"]]}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(ann))
+    done = dynrcnn("train", "--train-images", str(data_dir / "train"), "--train-ann",
+                   str(path), "--arch", "dynamic_mask_rcnn", "--out-dir", str(tmp_path / "run"),
+                   "--iterations", "1", *TINY)
+    one_line_error(done, "train", str(path), f"annotation id {first['id']}", "broken RLE")

@@ -60,6 +60,15 @@ class DatasetError(ValueError):
     """A data set file (annotations or image) is missing or broken; the message names the
     file and, where there is one, the image or annotation id."""
 
+    def __init__(self, message: str = "") -> None:
+        # A DataLoader worker's error is raised again in the main process as
+        # DatasetError("Caught DatasetError in DataLoader worker process N.\nOriginal
+        # Traceback ...\n...DatasetError: <message>"): keep the one line that names the file.
+        if isinstance(message, str) and message.startswith("Caught DatasetError in DataLoader"):
+            last = message.rstrip().splitlines()[-1]
+            message = last.split("DatasetError: ", 1)[-1]
+        super().__init__(message)
+
 
 class DatasetWarning(UserWarning):
     """Annotations were repaired (boxes clipped to the image) or left out (empty boxes)."""
@@ -130,8 +139,49 @@ def _check_segmentation(seg: Any, height: int, width: int) -> bool:
             isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
             and all(_is_number(v) and math.isfinite(v) for v in p) for p in seg)
     if isinstance(seg, dict):
-        return "counts" in seg and list(seg.get("size", ())) == [height, width]
+        return _rle_fits(seg, height, width)
     return False
+
+
+def _rle_string_counts(text: str) -> Optional[List[int]]:
+    """The run lengths of a compressed COCO RLE string, decoded as pycocotools' rleFrString
+    does (5-bit groups, deltas from the second-previous count); None if malformed."""
+    counts: List[int] = []
+    p, n = 0, len(text)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None  # ends inside a number
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _rle_fits(rle: Dict[str, Any], height: int, width: int) -> bool:
+    """Whether an RLE segmentation decodes to exactly the image's height x width pixels.
+    pycocotools' decoder checks nothing: run lengths summing past h * w write out of bounds
+    (a crash naming no file), fewer leave pixels undefined."""
+    if list(rle.get("size", ())) != [height, width]:
+        return False
+    counts = rle.get("counts")
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if isinstance(counts, str):
+        counts = _rle_string_counts(counts)
+    if not isinstance(counts, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return False
+    return sum(counts) == height * width
 
 
 # Grey 16-bit images (PNG, TIFF) open as "I;16*", or "I" from some writers. PIL's
@@ -294,8 +344,14 @@ class CocoDetection(Dataset):
                 clipped.append(ann_id)
             if iscrowd and self.train:
                 continue
-            if self.masks and not _check_segmentation(ann.get("segmentation"), rec.height,
-                                                      rec.width):
+            seg = ann.get("segmentation")
+            if isinstance(seg, dict) and not _rle_fits(seg, rec.height, rec.width):
+                # checked even without masks: the evaluator's segm scores decode it
+                raise DatasetError(
+                    f"{where} (image id {img_id}) has a broken RLE 'segmentation': its "
+                    f"'size' must be [{rec.height}, {rec.width}] and its run lengths must "
+                    f"add up to {rec.height} x {rec.width} pixels")
+            if self.masks and not _check_segmentation(seg, rec.height, rec.width):
                 raise DatasetError(
                     f"{where} (image id {img_id}) has no usable 'segmentation' (polygons of "
                     f">= 3 points, or RLE of the image's size), which masks=True needs")

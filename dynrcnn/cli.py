@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 PROG = "dynrcnn"
@@ -102,7 +103,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     boxes, labels, scores = (output[k][keep].cpu() for k in ("boxes", "labels", "scores"))
     captions = [f"{names.get(int(label), int(label))} {float(s):.2f}"
                 for label, s in zip(labels, scores)]
-    drawn = draw_bounding_boxes(image, boxes, labels=captions, width=2, colors="red")
+    # torchvision warns when given no box to draw: nothing detected is an answer, not a fault
+    drawn = draw_bounding_boxes(image, boxes, labels=captions, width=2, colors="red") \
+        if len(boxes) else image
     out = args.out or os.path.splitext(args.image)[0] + "_pred.png"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out)
@@ -362,8 +365,21 @@ def _input_errors() -> Tuple[Type[BaseException], ...]:
     return UsageError, DatasetError
 
 
+def _format_warning(message: Any, category: Type[Warning], filename: str, lineno: int,
+                    line: Optional[str] = None) -> str:
+    """dynrcnn's own warnings (a data set repaired, a setting ignored) as one line for the
+    user, without the Python source line; others as Python formats them."""
+    if f"{os.sep}dynrcnn{os.sep}" in filename or category.__name__ == "DatasetWarning":
+        return f"{PROG}: warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _format_warning
     handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
                 "plot": cmd_plot, "compare": cmd_compare, "demo": cmd_demo,
                 "export": cmd_export, "study": cmd_study}

@@ -311,3 +311,46 @@ def test_a_broken_rle_is_named_not_a_pycocotools_crash(tmp_path, data_dir):
                    str(path), "--arch", "dynamic_mask_rcnn", "--out-dir", str(tmp_path / "run"),
                    "--iterations", "1", *TINY)
     one_line_error(done, "train", str(path), f"annotation id {first['id']}", "broken RLE")
+
+
+def test_study_jobs_0_is_refused_as_minus_1_is(tmp_path, data_dir):
+    """Case 11: --jobs 0 ran as 1 while --jobs -1 was refused."""
+    for jobs in ("0", "-1"):
+        done = dynrcnn("study", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "s"),
+                       "--jobs", jobs, "--iterations", "2", *TINY)
+        one_line_error(done, "study", "--jobs must be >= 1", jobs)
+
+
+def test_json_errors_read_well(tmp_path, data_dir):
+    """Case 11: 'Unterminated string starting at at line 1'."""
+    path = tmp_path / "train.json"
+    path.write_text('{"images": [{"file_name": "a')
+    done = dynrcnn("train", "--train-images", str(data_dir / "train"), "--train-ann", str(path),
+                   "--out-dir", str(tmp_path / "run"), *TINY)
+    line = one_line_error(done, "train", str(path), "not valid JSON")
+    assert "at at" not in line and "starting at: line 1" in line
+    done = dynrcnn("train", "--data-dir", str(data_dir), "--model-kwargs", "{bad", *TINY)
+    assert done.returncode == 2 and "--model-kwargs: not valid JSON" in done.stderr
+
+
+def test_data_set_warnings_are_one_line_and_an_empty_prediction_is_quiet(tmp_path, data_dir,
+                                                                          trained):
+    """Case 11: DatasetWarning printed a Python source line; predict a torchvision warning
+    when nothing was detected."""
+    import json
+
+    ann = json.loads((data_dir / "annotations" / "instances_train.json").read_text())
+    ann["annotations"][0]["bbox"] = [-5.0, -5.0, 20.0, 20.0]  # clipped: a DatasetWarning
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(ann))
+    done = dynrcnn("train", "--train-images", str(data_dir / "train"), "--train-ann", str(path),
+                   "--out-dir", str(tmp_path / "run"), "--iterations", "1", *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warning = [x for x in done.stderr.splitlines() if "clipped 1 boxes" in x]
+    assert warning == [f"dynrcnn: warning: {path.name}: clipped 1 boxes to the image "
+                       f"(annotation ids {ann['annotations'][0]['id']})"], done.stderr
+    image = sorted((data_dir / "train").iterdir())[0]
+    done = dynrcnn("predict", "--weights", str(trained / "model_final.pth"), "--image",
+                   str(image), "--score-thresh", "1.01", "--out", str(tmp_path / "p.png"))
+    assert done.returncode == 0 and "0 detections" in done.stdout
+    assert "warn" not in done.stderr.lower(), done.stderr

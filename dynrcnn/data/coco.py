@@ -113,7 +113,7 @@ def load_annotation_json(annotation_file: PathLike) -> Dict[str, Any]:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DatasetError(
-            f"annotation file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno} "
+            f"annotation file {str(path)!r} is not valid JSON: {e.msg}: line {e.lineno} "
             f"column {e.colno} (char {e.pos})") from e
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"annotation file {str(path)!r} cannot be read: {e}") from e

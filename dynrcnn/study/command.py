@@ -168,6 +168,8 @@ def build_spec(req: StudyRequest, gpu_count: Optional[int] = None) -> StudySpec:
     if gpus is not None and req.jobs is not None and req.jobs != len(gpus):
         raise UsageError(f"--jobs {req.jobs}: with GPUs a study runs one run per GPU "
                          f"({len(gpus)}); choose them with --gpus")
+    if req.jobs is not None and req.jobs < 1:  # 0 is not "default": say so, as for -1
+        raise UsageError(f"--jobs must be >= 1, got {req.jobs}")
     jobs = len(gpus) if gpus else (req.jobs or 1)
     threads = req.threads or max(1, (os.cpu_count() or 1) // jobs)
     # absolute paths: a run is the same wherever its worker (or a cluster job) starts

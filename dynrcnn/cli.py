@@ -82,9 +82,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from dynrcnn.data import rgb8_pixels
     from dynrcnn.engine import EvalConfig, UsageError, load_model_for_eval
+    from dynrcnn.engine.checkpoint import refuse_overwrite
 
     if not os.path.isfile(args.image):
         raise UsageError(f"--image {args.image}: no such file")
+    out = args.out or os.path.splitext(args.image)[0] + "_pred.png"
+    refuse_overwrite(out, "--out", image=args.image, weights=args.weights)
     config = EvalConfig(weights=args.weights, arch=args.arch, backbone=args.backbone,
                         num_classes=args.num_classes, device=args.device)
     model, info = load_model_for_eval(config)
@@ -106,7 +109,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # torchvision warns when given no box to draw: nothing detected is an answer, not a fault
     drawn = draw_bounding_boxes(image, boxes, labels=captions, width=2, colors="red") \
         if len(boxes) else image
-    out = args.out or os.path.splitext(args.image)[0] + "_pred.png"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out)
     _print(f"{len(boxes)} detections (score >= {args.score_thresh}) drawn into {out}")
@@ -122,11 +124,14 @@ def _class_names(ann: str, num_classes: int) -> Dict[int, str]:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from dynrcnn.engine import UsageError, plot_training_curves
+    from dynrcnn.engine.checkpoint import refuse_overwrite
 
     log = os.path.join(args.run_dir, "log.jsonl")
     if not os.path.isfile(log):
         raise UsageError(f"{args.run_dir} has no log.jsonl (not a training run directory?)")
-    out = plot_training_curves(log, args.out or os.path.join(args.run_dir, "curves.png"))
+    out = args.out or os.path.join(args.run_dir, "curves.png")
+    refuse_overwrite(out, "--out", log=log)
+    out = plot_training_curves(log, out)
     _print(f"curves written to {out}")
     return 0
 

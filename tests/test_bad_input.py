@@ -354,3 +354,24 @@ def test_data_set_warnings_are_one_line_and_an_empty_prediction_is_quiet(tmp_pat
                    str(image), "--score-thresh", "1.01", "--out", str(tmp_path / "p.png"))
     assert done.returncode == 0 and "0 detections" in done.stdout
     assert "warn" not in done.stderr.lower(), done.stderr
+
+
+def test_no_command_writes_over_its_input_or_a_checkpoint(tmp_path, trained, data_dir):
+    """Nothing destroys what a user has: --out naming an input or a run's checkpoint."""
+    weights = tmp_path / "w.pth"
+    shutil.copy(trained / "model_final.pth", weights)
+    image = tmp_path / "image.png"
+    shutil.copy(sorted((data_dir / "train").iterdir())[0], image)
+    inputs = [weights, image, trained / "log.jsonl"]
+    before = digests(trained)
+    before_inputs = [p.read_bytes() for p in inputs]
+    for command, args, needle in [
+            ("export", ["--weights", str(weights), "--out", str(weights)], "--weights"),
+            ("export", ["--weights", str(weights), "--out", str(trained / "model_0000002.pth")],
+             "checkpoint of the run"),
+            ("plot", [str(trained), "--out", str(trained / "log.jsonl")], "--log"),
+            ("predict", ["--weights", str(weights), "--image", str(image), "--out", str(image)],
+             "--image")]:
+        one_line_error(dynrcnn(command, *args), command, "--out", needle, "written over")
+    assert digests(trained) == before
+    assert [p.read_bytes() for p in inputs] == before_inputs

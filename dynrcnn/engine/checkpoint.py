@@ -247,6 +247,23 @@ class Checkpointer:
         return stale
 
 
+def refuse_overwrite(out: PathLike, flag: str, **inputs: Optional[PathLike]) -> None:
+    """UsageError unless writing `out` (given as `flag`) leaves every input and every
+    checkpoint a resume could need intact: `out` may not be one of `inputs` (flag name ->
+    path: `weights=...` is --weights) nor a run's checkpoint or its pointer."""
+    out = os.fspath(out)
+    for name, path in inputs.items():
+        if path and os.path.exists(out) and os.path.exists(path) and \
+                os.path.samefile(out, path):
+            raise UsageError(f"{flag} {out} is the --{name.replace('_', '-')} file: it would "
+                             f"be written over; give another {flag}")
+    base, folder = os.path.basename(out), os.path.dirname(os.path.abspath(out))
+    run_file = base == POINTER or (base.startswith("model_") and base.endswith(".pth"))
+    if run_file and os.path.isfile(os.path.join(folder, POINTER)):
+        raise UsageError(f"{flag} {out} is a checkpoint of the run in {folder}: it would be "
+                         f"written over, and a resume may need it; give another {flag}")
+
+
 # --------------------------------------------------------------------------- run directory
 
 # What a training run writes into its out_dir (besides checkpoints and temporaries).

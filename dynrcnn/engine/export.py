@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from dynrcnn.engine.builders import categories_from_ann, load_model_for_eval
-from dynrcnn.engine.checkpoint import atomic_open, atomic_save
+from dynrcnn.engine.checkpoint import atomic_open, atomic_save, refuse_overwrite
 from dynrcnn.engine.config import EvalConfig, UsageError
 
 EXPORT_FORMATS: Tuple[str, ...] = ("torchvision", "torchscript", "onnx")
@@ -77,6 +77,7 @@ def export_model(config: ExportConfig) -> str:
         raise UsageError("--out is required: the file to write")
     if os.path.isdir(config.out):
         raise UsageError(f"--out {config.out} is a directory; give a file name")
+    refuse_overwrite(config.out, "--out", weights=config.weights)
     model, info = load_model_for_eval(EvalConfig(
         weights=config.weights, arch=config.arch, backbone=config.backbone,
         num_classes=config.num_classes, min_size=config.min_size,

@@ -375,3 +375,25 @@ def test_no_command_writes_over_its_input_or_a_checkpoint(tmp_path, trained, dat
         one_line_error(dynrcnn(command, *args), command, "--out", needle, "written over")
     assert digests(trained) == before
     assert [p.read_bytes() for p in inputs] == before_inputs
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1", "I;16", "I"])
+def test_every_image_mode_reads_as_8_bit_rgb(tmp_path, mode):
+    """Image modes beyond RGB: the same grey values whatever the file's mode."""
+    from dynrcnn.data import rgb8_pixels
+
+    grey = (np.arange(12 * 10).reshape(12, 10) * 2).astype(np.uint8)
+    if mode in ("I;16", "I"):
+        image = Image.fromarray(grey.astype(np.uint16 if mode == "I;16" else np.int32) * 257)
+    elif mode == "1":
+        grey = np.where(grey > 100, 255, 0).astype(np.uint8)
+        image = Image.fromarray(grey).convert("1")
+    else:
+        image = Image.fromarray(grey).convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I") else "x.png")
+    image.save(path)
+    with Image.open(path) as opened:
+        pixels = rgb8_pixels(opened, str(path))
+    assert pixels.shape == (12, 10, 3) and pixels.dtype == np.uint8
+    if mode != "CMYK":  # CMYK's conversion is PIL's naive one
+        assert np.array_equal(pixels[:, :, 0], grey)

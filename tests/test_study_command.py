@@ -114,7 +114,9 @@ def test_plan_commands_then_report_give_the_same_report(data, uninterrupted) -> 
         dynrcnn(*argv[1:], cwd=Path("/"))  # a cluster job starts anywhere
     again = dynrcnn(*study_args("s_plan", "--plan"), cwd=data)
     assert "0 of 4 runs to train" in again.stdout
-    dynrcnn(*study_args("s_plan", "--report"), cwd=data)
+    then = again.stdout.rsplit("then: ", 1)[1].strip()  # the report command it prints runs
+    assert shlex.split(then)[:2] == ["dynrcnn", "study"] and "--plan" not in shlex.split(then)
+    dynrcnn(*shlex.split(then)[1:], cwd=data)
     assert body(data / "s_plan" / "report.md") == body(uninterrupted / "report.md")
 
 

@@ -366,7 +366,9 @@ def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = prin
         lines = plan_commands(every, spec)
         for line in lines:
             echo(line)
-        echo(f"# {len(lines)} of {len(every)} runs to train; then: {req.command} --report")
+        # the command as typed, --plan swapped for --report (argparse refuses both at once)
+        then = shlex.join([t for t in shlex.split(req.command) if t != "--plan"] + ["--report"])
+        echo(f"# {len(lines)} of {len(every)} runs to train; then: {then}")
         return 0
     failed: List[str] = []
     if mode == "run":

@@ -112,8 +112,6 @@ class Trainer:
         self.train_dataset = train_dataset if train_dataset is not None else \
             build_train_dataset(config)
         self._val_dataset = val_dataset
-        if config.eval_period:  # fail now, not after hours of training
-            check_val_categories(self.train_dataset, self.val_dataset_of(config))
         data_classes = int(self.train_dataset.num_classes)
         num_classes = config.num_classes or data_classes
         if num_classes < data_classes:
@@ -121,6 +119,8 @@ class Trainer:
                              f"set's {data_classes} (background included)")
         self.config = dataclasses.replace(config, num_classes=num_classes)
         cfg = self.config
+        if cfg.eval_period:  # fail now, not after hours of training
+            check_val_categories(self.train_dataset, self.val_dataset)
         self.amp = cfg.amp and self.device.type == "cuda"
         if cfg.amp and not self.amp and self.is_main:
             warnings.warn("amp=True is ignored: mixed precision needs CUDA, training runs in "
@@ -272,16 +272,12 @@ class Trainer:
                           # shift) the global torch RNG that resume restores
                           generator=torch.Generator().manual_seed(cfg.seed))
 
-    def val_dataset_of(self, config: TrainConfig) -> Any:
-        """The validation set: the one given, else built from `config` on first use."""
-        if self._val_dataset is None:
-            self._val_dataset = build_val_dataset(config)
-        return self._val_dataset
-
     @property
     def val_dataset(self) -> Any:
         """The validation set: the one given, else built from the config on first use."""
-        return self.val_dataset_of(self.config)
+        if self._val_dataset is None:
+            self._val_dataset = build_val_dataset(self.config)
+        return self._val_dataset
 
     def evaluate(self, iteration: int) -> Dict[str, Any]:
         """COCO metrics on the val set (collective); rank 0 writes them into

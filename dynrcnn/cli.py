@@ -33,7 +33,8 @@ def _print(text: str) -> None:
 
 def _config_from(cls: Type[Any], args: argparse.Namespace) -> Any:
     """Flags given on the command line, over --config FILE, over the dataclass defaults."""
-    from dynrcnn.engine.config import dataclass_from_args, read_config_file
+    from dynrcnn.engine.config import read_config_file
+    from dynrcnn.engine.config_args import dataclass_from_args
 
     base = read_config_file(cls, args.config) if args.config else {}
     return dataclass_from_args(cls, args, base)
@@ -166,7 +167,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     import shlex
 
     from dynrcnn.engine import TrainConfig
-    from dynrcnn.engine.config import given_fields
+    from dynrcnn.engine.config_args import given_fields
     from dynrcnn.study.command import StudyRequest, common_config, run
 
     base = common_config(given_fields(TrainConfig, args), args.config, _print)

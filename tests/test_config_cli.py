@@ -75,10 +75,11 @@ def test_every_flag_has_help_from_the_field_docs(cls_name):
     import dataclasses
 
     from dynrcnn.engine import config as config_module
+    from dynrcnn.engine.config_args import add_dataclass_args
 
     cls = getattr(config_module, cls_name)
     parser = argparse.ArgumentParser()
-    config_module.add_dataclass_args(parser, cls)
+    add_dataclass_args(parser, cls)
     helps = {a.dest: a.help or "" for a in parser._actions}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(f.type) or f.name == "dynamic":

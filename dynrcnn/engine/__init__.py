@@ -24,13 +24,12 @@ from dynrcnn.engine.config import (
     EvalConfig,
     TrainConfig,
     UsageError,
-    add_dataclass_args,
     config_from_dict,
     config_to_dict,
-    dataclass_from_args,
     load_config,
     save_config,
 )
+from dynrcnn.engine.config_args import add_dataclass_args, dataclass_from_args
 from dynrcnn.engine.distributed import DistInfo, init_distributed, sync_dynamic_state
 from dynrcnn.engine.evaluator import (
     METRIC_NAMES,

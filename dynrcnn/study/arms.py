@@ -110,6 +110,15 @@ def fixed(iou: float, beta: float = 1.0) -> Dict[str, Any]:
             "init_beta": beta, "beta_max": max(beta, 1.0), "update_beta": False}
 
 
+def fixed_threshold(arm: Arm) -> Optional[float]:
+    """T of a fixed-threshold arm (fixed T, beta 1, one head: a candidate for the best
+    fixed baseline), else None."""
+    t = arm.dynamic.get("init_iou")
+    if t is None or arm.arch not in DYNAMIC_ARCHS or arm.schedule != 1.0:
+        return None
+    return float(t) if arm.dynamic == fixed(t) else None
+
+
 _FIXED_T = fixed(0.5)
 _DSL_ONLY = {k: v for k, v in _FIXED_T.items() if k not in ("init_beta", "update_beta")}
 

@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import UsageError
 from dynrcnn.study.arms import BASELINE, MASK_BASELINE, PAPER_MODEL, select_arms
 from dynrcnn.study.runner import Job, Runner, StudySpec, plan
@@ -254,15 +255,51 @@ def report(jobs: Sequence[Job], spec: StudySpec, command: str) -> str:
     text = report_study(jobs, path, info, command,
                         columns=REPORT_COLUMNS + (("segm AP",) if masks else ()),
                         metrics_of=lambda j: metrics_path(j.run_dir, j.config, split, OWN))
+    text = _add_best_fixed(jobs, split, info["images"], path)
     if spec.test_settings:
         text = _add_best_vs_best(spec, [j.arm.name for j in jobs], path, info["images"])
     return text
 
 
+def _add_best_fixed(jobs: Sequence[Job], split: str, images: int, path: str) -> str:
+    """Appends "Against the best fixed threshold" (dynrcnn.study.comparator) to report.md
+    and report.json when the study has two fixed-T arms of one detector."""
+    from dynrcnn.study.comparator import best_fixed_section, best_fixed_summary, collect_runs
+
+    runs = collect_runs([j for j in jobs if j.finished()],
+                        lambda j, s: metrics_path(j.run_dir, j.config, s, OWN),
+                        tuple(dict.fromkeys(("val", split))))
+    columns = REPORT_COLUMNS + (("segm AP",) if any(j.arm.arch in MASK_ARCHS for j in jobs)
+                                else ())
+    lines = best_fixed_section(runs, split, images, columns)
+    with open(path) as f:
+        text = f.read()
+    if not lines:
+        return text
+    text = _insert_before_figures(text, lines)
+    atomic_write_text(text, path)
+    json_path = os.path.splitext(path)[0] + ".json"
+    with open(json_path) as f:
+        data = json.load(f)
+    data["best_fixed"] = best_fixed_summary(runs, split, columns)
+    atomic_write_text(json.dumps(data, indent=1), json_path)
+    return text
+
+
+def _insert_before_figures(text: str, lines: Sequence[str]) -> str:
+    """The section right after the verdict (before the Figure-1 diagnostics), else at the
+    end."""
+    marker = "\n## Figure-1 diagnostics"
+    block = "\n".join(lines).rstrip("\n") + "\n"
+    if marker in text:
+        head, tail = text.split(marker, 1)
+        return head.rstrip("\n") + "\n\n" + block + marker + tail
+    return text.rstrip("\n") + "\n\n" + block
+
+
 def _add_best_vs_best(spec: StudySpec, arm_names: Sequence[str], path: str,
                       images: int) -> str:
     """Appends the best-against-best section to report.md and report.json."""
-    from dynrcnn.engine.checkpoint import atomic_write_text
     from dynrcnn.study.choice import choice_report, choose, collect
 
     arms = list(dict.fromkeys(arm_names))
@@ -381,10 +418,11 @@ def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = prin
     verdicts = text[text.index("## Verdict"):].split("\n## ")[0] if "## Verdict" in text \
         else "no finished pair of runs yet"
     echo(verdicts.rstrip())
-    if "## Best against best" in text:  # its verdict lines (its tables are in the report)
-        section = text[text.index("## Best against best"):]
-        echo("\n".join(line for line in section.splitlines()
-                       if line.startswith(("- ", "Not yet"))))
+    for title in ("## Against the best fixed threshold", "## Best against best"):
+        if title in text:  # its verdict lines (its tables are in the report)
+            section = text[text.index(title):].split("\n## ")[0]
+            echo("\n".join(line for line in section.splitlines()
+                           if line.startswith(("- ", "Not yet", "best fixed T"))))
     echo(f"report written to {os.path.join(spec.out_dir, 'report.md')}")
     if failed:
         echo(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)")

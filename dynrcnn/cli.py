@@ -172,10 +172,17 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     base = common_config(given_fields(TrainConfig, args), args.config, _print)
     out_dir = base.pop("out_dir", "runs/study")
+    schedules = None
+    if isinstance(base.get("iterations"), list):  # --iterations A [B ...]
+        values = base.pop("iterations")
+        if len(values) == 1:
+            base["iterations"] = values[0]
+        else:
+            schedules = values
     request = StudyRequest(out_dir=out_dir, base=base, arms=args.arms, seeds=args.seeds,
                            test_images=args.test_images, test_ann=args.test_ann,
                            jobs=args.jobs, threads=args.threads, gpus=args.gpus,
-                           best_vs_best=args.best_vs_best,
+                           best_vs_best=args.best_vs_best, schedules=schedules,
                            command=f"{PROG} study {shlex.join(args.argv)}")
     mode = "plan" if args.plan else "report" if args.report else "run"
     return run(request, mode, echo=_print)
@@ -343,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "`dynrcnn train` command per pending run (for a cluster scheduler)")
     mode.add_argument("--report", action="store_true", help="train nothing: evaluate what "
                       "finished runs lack, then write the report")
-    add_dataclass_args(p, TrainConfig, choices=choices)
+    # --iterations A B ...: the study at each schedule, side by side in one report
+    add_dataclass_args(p, TrainConfig, choices=choices, several=("iterations",))
 
     sub.add_parser("make-synthetic", add_help=False,
                    help="write a synthetic COCO-format data set (see make-synthetic --help)")

@@ -114,7 +114,8 @@ def object_floor(matched_idxs: Tensor, max_iou: Tensor, num_gt: int,
 
 @dataclass
 class DynamicConfig:
-    # The docstring's `name: text` lines are also the fields' --help (engine.config_args.field_docs).
+    # The docstring's `name: text` lines are also the fields' --help
+    # (engine.config_args.field_docs).
     """Hyperparameters of Dynamic R-CNN (defaults: the paper's).
 
     k_iou, k_err: KI and Kbeta per image (the detector multiplies by the batch's images

@@ -313,11 +313,10 @@ def test_label_noise_control_is_its_own_study(tmp_path, capsys) -> None:
     assert (default.recipe, default.data_dir) == ("study", "data/study_256")
     # an --out holding the jittered study refuses the exact one (mixed data), in one line
     (tmp_path / "study.json").write_text(json.dumps({"recipe": "study"}))
-    from dynrcnn.study import Runner
+    from dynrcnn.study.runner import check_same_study
 
-    runner = Runner(dataclasses.replace(spec, out_dir=str(tmp_path)), echo=False)
     with pytest.raises(UsageError, match=r"--out .* recipe \('study' -> 'study_exact'\)"):
-        runner._check_same_study()
+        check_same_study(dataclasses.replace(spec, out_dir=str(tmp_path)))
 
 
 def test_git_commit_flags_code_changes_but_not_the_reports_own_output(tmp_path) -> None:

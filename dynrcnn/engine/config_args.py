@@ -125,6 +125,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any], prefix: 
             if allowed:
                 common["choices"] = list(allowed) + ([None] if optional else [])
             nargs = {"nargs": "+"} if f.name in several else {}
+            if nargs:
+                common["help"] = common["help"].replace(" (default:", "; one or more values "
+                                                        "(default:", 1)
             group.add_argument(flag, type=convert, metavar=hint.__name__.upper(), **common,
                                **nargs)
 

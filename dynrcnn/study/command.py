@@ -63,6 +63,8 @@ class StudyRequest:
     command: str = "dynrcnn study"
     best_vs_best: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
+    # several --iterations: the study at each schedule, in out_dir/iters_N/ (schedules.py)
+    schedules: Optional[List[int]] = None
 
 
 def visible_gpus() -> int:
@@ -396,6 +398,10 @@ def _count_images(ann: Optional[str]) -> int:
 def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = print) -> int:
     """The command: mode "run" (train what is pending, then report), "plan" (print the
     commands) or "report" (no training). Returns the exit status."""
+    if req.schedules is not None:
+        from dynrcnn.study.schedules import run_schedules
+
+        return run_schedules(req, mode, echo)
     spec = build_spec(req)
     jobs, every = study_jobs(spec)
     if mode == "plan":

@@ -16,6 +16,7 @@ its workers; the next invocation continues.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -249,16 +250,43 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_same_study(spec: StudySpec) -> None:
+    """out_dir/study.json records the schedule and sizes; a rerun must not change them
+    (a resumed run would silently mix two schedules)."""
+    path = os.path.join(spec.out_dir, "study.json")
+    fixed = ("iterations", "interval", "image_size", "recipe", "data_dir", "num_train",
+             "num_val", "init_weights", "base", "test_ann")
+    mine = {k: getattr(spec, k) for k in fixed}
+    if spec.base is None:  # a synthetic study's study.json keeps its old form
+        mine = {k: v for k, v in mine.items() if k not in ("base", "test_ann")}
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = [f"{k} ({saved[k]!r} -> {mine[k]!r})" for k in mine
+                   if k in saved and saved[k] != mine[k]]
+        if changed:
+            raise UsageError(f"--out {spec.out_dir} holds a study with other settings: "
+                             f"{', '.join(changed)}; use another --out directory")
+    atomic_write_text(json.dumps(mine, indent=2), path)
+
+
 class Runner:
     """Runs the planned jobs; `run()` returns the jobs finished by the end."""
 
     def __init__(self, spec: StudySpec, echo: bool = True, poll_s: float = 0.5,
-                 jobs: Optional[List[Job]] = None) -> None:
+                 jobs: Optional[List[Job]] = None,
+                 studies: Optional[Sequence[StudySpec]] = None) -> None:
         self.spec = spec
         self.echo = echo
         self.poll_s = poll_s
-        os.makedirs(spec.out_dir, exist_ok=True)
+        # the studies whose runs `jobs` are (several schedules under spec.out_dir): each
+        # keeps its study.json check, lock and log; default: spec's own
+        self.studies = list(studies) if studies else [spec]
+        for study in {spec.out_dir, *(s.out_dir for s in self.studies)}:
+            os.makedirs(study, exist_ok=True)
         self.log_path = os.path.join(spec.out_dir, "study.log")
+        self.log_paths = list(dict.fromkeys(
+            [self.log_path, *(os.path.join(s.out_dir, "study.log") for s in self.studies)]))
         self.jobs = jobs if jobs is not None else plan(spec)
         self._running: Dict[str, subprocess.Popen[bytes]] = {}
         self.failed: List[str] = []  # jobs that exited without their final metrics
@@ -267,8 +295,9 @@ class Runner:
 
     def log(self, text: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
-        with open(self.log_path, "a") as f:
-            f.write(line + "\n")
+        for path in self.log_paths:
+            with open(path, "a") as f:
+                f.write(line + "\n")
         if self.echo:
             print(line, flush=True)
 
@@ -297,8 +326,12 @@ class Runner:
         raise SystemExit(128 + signum)
 
     def run(self) -> List[Job]:
-        with StudyLock(self.spec.out_dir):
-            self._check_same_study()
+        with contextlib.ExitStack() as locks:
+            for study in dict.fromkeys([self.spec.out_dir,
+                                        *(s.out_dir for s in self.studies)]):
+                locks.enter_context(StudyLock(study))
+            for study_spec in self.studies:
+                check_same_study(study_spec)
             check_init_weights(self.jobs, self.spec)
             if self.spec.base is None:  # the user's data exists; the synthetic is made once
                 ensure_study_data(self.spec, self.log)
@@ -312,25 +345,6 @@ class Runner:
                 for s, handler in old.items():
                     signal.signal(s, handler)
         return [j for j in self.jobs if j.complete()]
-
-    def _check_same_study(self) -> None:
-        """out_dir/study.json records the schedule and sizes; a rerun must not change them
-        (a resumed run would silently mix two schedules)."""
-        path = os.path.join(self.spec.out_dir, "study.json")
-        fixed = ("iterations", "interval", "image_size", "recipe", "data_dir", "num_train",
-                 "num_val", "init_weights", "base", "test_ann")
-        mine = {k: getattr(self.spec, k) for k in fixed}
-        if self.spec.base is None:  # a synthetic study's study.json keeps its old form
-            mine = {k: v for k, v in mine.items() if k not in ("base", "test_ann")}
-        if os.path.isfile(path):
-            with open(path) as f:
-                saved = json.load(f)
-            changed = [f"{k} ({saved[k]!r} -> {mine[k]!r})" for k in mine
-                       if k in saved and saved[k] != mine[k]]
-            if changed:
-                raise UsageError(f"--out {self.spec.out_dir} holds a study with other settings: "
-                                 f"{', '.join(changed)}; use another --out directory")
-        atomic_write_text(json.dumps(mine, indent=2), path)
 
     def _run_all(self) -> None:
         todo = [j for j in self.jobs if not j.complete()]

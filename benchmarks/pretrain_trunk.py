@@ -198,11 +198,13 @@ def pretrain(arrays: Dict[str, np.ndarray], cfg: PretrainConfig, out: Path,
     if state["epoch"] or state["batch"]:
         log(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch']}")
     bar = _progress_bar(total, state["epoch"] * per_epoch + state["batch"], progress)
-    steps_run, started = 0, time.perf_counter()
+    steps_run, clock = 0, [time.perf_counter()]
 
     def save() -> None:
+        now = time.perf_counter()  # training time so far, across resumed invocations
         state.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                     seconds=state["seconds"] + time.perf_counter() - started)
+                     seconds=state["seconds"] + now - clock[0])
+        clock[0] = now
         atomic_save(state, state_path)
 
     model.train()

@@ -40,6 +40,7 @@ REPORT_COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90")
 MASK_ARCHS = ("mask_rcnn", "dynamic_mask_rcnn")
 NMS070_DIR = "nms070"  # --best-vs-best: the runs trained at RPN NMS 0.7, under the study
 DATA_FIELDS = ("data_dir", "train_images", "train_ann", "val_images", "val_ann")
+PATH_FIELDS = DATA_FIELDS + ("weights", "backbone_weights")  # made absolute in job.json
 # TrainConfig fields a study sets per run: given as flags they would be silently replaced
 PER_RUN = {"arch": "--arms (each arm is a detector)", "seed": "--seeds N (seeds 0..N-1)",
            "resume": "nothing (a study always continues where it stopped)",
@@ -166,6 +167,10 @@ def build_spec(req: StudyRequest, gpu_count: Optional[int] = None) -> StudySpec:
     except ValueError as exc:
         raise UsageError(f"--arms: {exc}") from None
     data = check_data(req.base, req.test_images, req.test_ann, [a.arch for a in arms])
+    for key in ("weights", "backbone_weights"):  # else every run fails at its start
+        path = req.base.get(key)
+        if path and not os.path.isfile(path):
+            raise UsageError(f"--{key.replace('_', '-')}: no file {path}")
     count = visible_gpus() if gpu_count is None else gpu_count
     gpus = parse_gpus(req.gpus, count)
     if gpus is not None and req.jobs is not None and req.jobs != len(gpus):
@@ -176,7 +181,7 @@ def build_spec(req: StudyRequest, gpu_count: Optional[int] = None) -> StudySpec:
     jobs = len(gpus) if gpus else (req.jobs or 1)
     threads = req.threads or max(1, (os.cpu_count() or 1) // jobs)
     # absolute paths: a run is the same wherever its worker (or a cluster job) starts
-    base = {k: (os.path.abspath(v) if k in DATA_FIELDS and v else v)
+    base = {k: (os.path.abspath(v) if k in PATH_FIELDS and v else v)
             for k, v in req.base.items() if k != "init_weights"}
     from dynrcnn.engine.config import TrainConfig
 

@@ -7,12 +7,15 @@ import argparse
 import datetime
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torchvision
 
-from dynrcnn.study.report import cpu_model_name
+from dynrcnn.study.report import cpu_model_name, git_commit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -72,8 +75,14 @@ def hardware_name(device: torch.device) -> str:
     return cpu_model_name()
 
 
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the date line of result headers)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def environment(device: torch.device, command: str) -> Dict[str, object]:
-    """Hardware, versions, threads, command and date: the header of every result file."""
+    """Hardware, versions, threads, command, date and commit: the header of every result
+    file (the Markdown writers print every key)."""
     return {
         "device": device.type,
         "hardware": hardware_name(device),
@@ -81,7 +90,8 @@ def environment(device: torch.device, command: str) -> Dict[str, object]:
         "torchvision": torchvision.__version__,
         "threads": torch.get_num_threads(),
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
+        "commit": git_commit(cwd=str(REPO_ROOT)),
     }
 
 

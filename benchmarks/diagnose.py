@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import shlex
@@ -59,6 +60,14 @@ def load_pair(args: argparse.Namespace, seed: int):
     return models, config
 
 
+def report_header(names: Sequence[str], command: str, setting: str, split: str) -> str:
+    """The report's title and its hardware, commit, date, command and setting lines."""
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return (f"# Diagnosis: {names[1]} against {names[0]}\n\n- hardware: {hardware()}; torch "
+            f"{torch.__version__}\n- commit: {git_commit()}\n- date: {date}\n"
+            f"- command: `{command}`\n- test-time RPN: {setting}; split: {split}\n\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from dynrcnn.engine.builders import build_val_dataset
     from dynrcnn.study.diagnose import diagnose_pair, diagnosis_report
@@ -85,9 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    text = (f"# Diagnosis: {names[1]} against {names[0]}\n\n- hardware: {hardware()}; torch "
-            f"{torch.__version__}\n- commit: {git_commit()}\n- command: `{command}`\n- "
-            f"test-time RPN: {args.setting}; split: {args.split}\n\n"
+    text = (report_header(names, command, args.setting, args.split)
             + diagnosis_report(diags, args.seeds))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_write_text(text, args.out)

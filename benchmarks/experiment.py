@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import os
 import shlex
 import sys
@@ -158,6 +159,22 @@ def list_arms(core_seeds: int, other_seeds: int) -> str:
     return "\n".join(lines)
 
 
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the reports' date line)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def curve_header(spec: StudySpec, command: str) -> str:
+    """The learning curve report's title and its hardware, commit, date, command and data
+    lines."""
+    return (f"# Learning curve of the baseline (schedule of the study)\n\n"
+            f"- hardware: {hardware()}; torch {torch.__version__}; {spec.threads} "
+            f"thread(s) per run, {spec.jobs} run(s) side by side\n"
+            f"- commit: {git_commit()}\n- date: {utc_now()}\n- command: `{command}`\n"
+            f"- data: {spec.data_dir} ({spec.num_train} train / {spec.num_val} val, "
+            f"{spec.image_size} px); seed 0\n\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -182,12 +199,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     if args.learning_curve:
         _, text = run_learning_curve(spec, args.longest, args.steps)
         path = args.results or DEFAULT_CURVE_RESULTS
-        header = (f"# Learning curve of the baseline (schedule of the study)\n\n"
-                  f"- hardware: {hardware()}; torch {torch.__version__}; {spec.threads} "
-                  f"thread(s) per run, {spec.jobs} run(s) side by side\n"
-                  f"- commit: {git_commit()}\n- command: `{command}`\n"
-                  f"- data: {spec.data_dir} ({spec.num_train} train / {spec.num_val} val, "
-                  f"{spec.image_size} px); seed 0\n\n")
+        header = curve_header(spec, command)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         atomic_write_text(header + text, path)
         print(header + text)
@@ -259,7 +271,7 @@ def best_vs_best(args: argparse.Namespace, spec: StudySpec, command: str) -> int
     path = args.results or f"benchmarks/results/{name}_cpu.md"
     text = (f"# Best against best ({spec.recipe} set): each detector at its own best setting"
             f"\n\n- hardware: {hardware()}; torch {torch.__version__}\n- commit: "
-            f"{git_commit()}\n- command: `{command}`\n- studies: "
+            f"{git_commit()}\n- date: {utc_now()}\n- command: `{command}`\n- studies: "
             f"{', '.join(args.best_vs_best)} (data: {spec.data_dir}, {spec.num_val} val / "
             f"{spec.num_test} test images)\n\n"
             + choice_report(choice, [BASELINE, *(r for r in args.reference

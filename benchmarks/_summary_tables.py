@@ -32,7 +32,7 @@ PAPER_TABLE3 = {"AP": 1.9, "AP50": -0.7, "AP70": 1.4, "AP80": 3.7, "AP90": 5.5}
 SETS: Dict[str, Dict[str, Any]] = {
     # DLA + DSL trained with 300 proposals: retrained for its test evaluations (the
     # original runs kept val metrics only), on another machine (the `machines` table)
-    "exact": {"text": "shapes, exact boxes",
+    "exact": {"text": "shapes, exact boxes (Dynamic's pick trained on another machine)",
               "archives": ("study_exact_cpu_runs:baseline,t060", "study_exact_dla300_cpu_runs",
                            "study_paper_exact_cpu_runs")},
     "jittered": {"text": "shapes, boxes jittered <= 1.5 px",
@@ -40,10 +40,10 @@ SETS: Dict[str, Dict[str, Any]] = {
                               "study_paper_cpu_runs")},
     "large": {"text": "large objects, 3 classes, exact",
               "archives": ("study_large_cpu_runs", "study_paper_large_cpu_runs")},
-    "finetune": {"text": "fine-tuned, jittered boxes",
+    "finetune": {"text": "fine-tuned, jittered boxes (NMS 0.85 only: not best against best)",
                  "archives": ("study_paper_finetune_cpu_runs",)},
     # real product photos (fashion_scenes.py); candidates: 1000 @ NMS 0.85 or 0.7
-    "fashion": {"text": "Fashion-MNIST scenes, real photos (1000 @ NMS 0.85 or 0.7)",
+    "fashion": {"text": "Fashion-MNIST scenes (1000 @ NMS 0.85 or 0.7)",
                 "archives": ("study_fashion_bvb_cpu", "study_fashion_bvb_cpu/nms070"),
                 "settings": BEST_VS_BEST_SETTINGS},
 }
@@ -116,7 +116,20 @@ def best_vs_best(results: Path, archives: Sequence[str], arms: Sequence[str],
     if len(set(keys)) != len(keys):
         raise ValueError(f"two archives of {archives} hold the same candidate")
     choice = choose(candidates, arms)
+    _LAST_CHOICE[tuple(archives)] = choice
     return choice.chosen, choice.seeds
+
+
+_LAST_CHOICE: Dict[Tuple[str, ...], Any] = {}  # best_vs_best's Choice, for val_margin
+
+
+def val_margin(archives: Sequence[str], arm: str) -> Optional[float]:
+    """How much the arm's chosen candidate beat its runner-up on val (mean AP over the
+    choice's seeds) in the last best_vs_best over `archives`; None with one candidate."""
+    choice = _LAST_CHOICE[tuple(archives)]
+    means = sorted((c.mean("val", "AP", choice.seeds) for c in choice.candidates
+                    if c.arm == arm), reverse=True)
+    return means[0] - means[1] if len(means) > 1 else None
 
 
 def test_diff(chosen: Dict[str, Candidate], seeds: Sequence[int], arm: str, ref: str,
@@ -142,22 +155,26 @@ def glance(results: Path, reference: str = "baseline",
     rows, out = [], []
     if paper_row:
         rows.append(["COCO, paper's Table 3 (DLA + DSL - baseline, its protocol, RPN NMS 0.85)",
-                     "-", *(f"{PAPER_TABLE3[c]:+.1f}" if c in PAPER_TABLE3 else ""
+                     "-", "-", *(f"{PAPER_TABLE3[c]:+.1f}" if c in PAPER_TABLE3 else ""
                             for c in columns)])
     for name in sets:
         spec = SETS[name]
         chosen, seeds = best_vs_best(results, spec["archives"], ["dla_dsl", reference],
                                      columns, spec.get("settings", STUDY_SETTINGS))
         diffs = {c: test_diff(chosen, seeds, "dla_dsl", reference, c) for c in columns}
-        rows.append([spec["text"], str(len(seeds)), *(cell(diffs[c]) for c in columns)])
+        margins = [val_margin(spec["archives"], a) for a in ("dla_dsl", reference)]
+        picks = " / ".join("-" if m is None else f"{m:.1f}" for m in margins)
+        rows.append([spec["text"], picks, str(len(seeds)), *(cell(diffs[c]) for c in columns)])
         out.append({"set": name, "seeds": seeds, **{c: diff_row(d) for c, d in diffs.items()},
                     "dla_dsl": setting_text(chosen["dla_dsl"]),
                     reference: setting_text(chosen[reference])})
     what = "fixed T = 0.6" if reference == "t060" else "baseline (T = 0.5)"
     return Table(
         f"Dynamic R-CNN minus the best {what}: each detector at its own best RPN setting "
-        "(chosen on 500 val images), reported on 500 test images, paired by seed.",
-        markdown_table(["data set", "seeds", *columns], rows, right=len(columns) + 1), out,
+        "(chosen on 500 val images), reported on 500 test images, paired by seed; val "
+        "margin: how much each pick beat its runner-up in val AP (Dynamic / reference).",
+        markdown_table(["data set", "val margin", "seeds", *columns], rows,
+                       right=len(columns) + 1), out,
         "Chosen settings: " + "; ".join(f"{r['set']}: Dynamic {r['dla_dsl']}, {reference} "
                                         f"{r[reference]}" for r in out) + ".")
 
@@ -443,7 +460,6 @@ def fashion(results: Path) -> Table:
 
 
 TABLES: Dict[str, Callable[[Path], Table]] = {
-    "glance": lambda results: glance(results, paper_row=True),
     "glance_columns": lambda results: glance(
         results, sets=("exact", "large", "jittered", "finetune", "fashion"), columns=COLUMNS,
         paper_row=True),
@@ -460,31 +476,3 @@ TABLES: Dict[str, Callable[[Path], Table]] = {
     "fashion": fashion,
     "figure1": figure1,
 }
-
-
-def plot_ap_vs_iou(results: Path, out: Path) -> None:
-    """AP at IoU 0.5 .. 0.9 of the best baseline and Dynamic R-CNN (test, mean over seeds),
-    one panel per data set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ("exact", "large", "jittered", "finetune")
-    cols = ("AP50", "AP60", "AP70", "AP80", "AP90")
-    ious = [0.5, 0.6, 0.7, 0.8, 0.9]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.4), sharey=True)
-    for ax, name in zip(axes, names):
-        chosen, seeds = best_vs_best(results, SETS[name]["archives"], ["dla_dsl", "baseline"])
-        for arm, label, style in (("baseline", "best baseline", "o--"),
-                                  ("dla_dsl", "Dynamic R-CNN", "s-")):
-            ax.plot(ious, [chosen[arm].mean("test", c, seeds) for c in cols], style,
-                    label=label)
-        ax.set_title(f"{SETS[name]['text']} (n = {len(seeds)})", fontsize=9)
-        ax.set_xlabel("IoU threshold")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("AP (test, mean over seeds)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100, metadata={"Software": None})
-    plt.close(fig)

@@ -27,7 +27,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _summary_tables beside this file
 
-from _summary_tables import TABLES, Table  # noqa: E402
+from _summary_regimes import REGIME_TABLES  # noqa: E402
+from _summary_tables import TABLES as _TABLES  # noqa: E402
+from _summary_tables import Table  # noqa: E402
+
+TABLES = {**_TABLES, **REGIME_TABLES}  # the regime tables' "glance" replaces the old one
 
 DOCS = ("README.md", "docs/accuracy.md", "benchmarks/README.md")
 BLOCK = re.compile(r"(<!-- summary: (\w+) -->\n)(.*?)(<!-- /summary -->)", re.S)
@@ -139,7 +143,7 @@ def write(root: Path = ROOT) -> List[str]:
                 written.append(file)
     (results / "summary.md").write_text(summary_markdown(tables))
     (results / "summary.json").write_text(summary_json(tables))
-    from _summary_tables import plot_ap_vs_iou
+    from _summary_regimes import plot_ap_vs_iou
 
     plot_ap_vs_iou(results, results / "summary_ap_vs_iou.png")
     return written + ["benchmarks/results/summary.md", "benchmarks/results/summary.json",

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _prose_check  # noqa: E402
 import summarize  # noqa: E402
 
 PROSE_FILES = ("README.md", "docs/accuracy.md", "docs/usage.md", "docs/design.md",
@@ -72,6 +73,59 @@ def test_an_unknown_table_name_is_caught(tables):
 @pytest.mark.parametrize("file", PROSE_FILES)
 def test_prose_quotes_only_numbers_the_summary_holds(file, tables):
     assert unbacked_numbers((ROOT / file).read_text(), tables) == []
+
+
+@pytest.mark.parametrize("file", PROSE_FILES)
+def test_quotes_and_verdict_words_follow_the_tables_and_the_rule(file, tables):
+    """Outside the generated blocks a quote must be a table's cell in the row and column
+    its sentence names; everywhere (generated sentences included) a verdict word must be
+    the one the interval beside it allows."""
+    raw = (ROOT / file).read_text()
+    outside = summarize.BLOCK.sub("", prose(raw))
+    problems = (_prose_check.quote_problems(outside, tables)
+                + _prose_check.verdict_problems(prose(raw), tables)
+                + _prose_check.unsigned_ap_numbers(outside, tables))
+    assert problems == []
+
+
+def _cell(tables, table: str, row_start: str, column: str) -> "_prose_check.Cell":
+    return next(c for c in _prose_check.table_cells({table: tables[table]})
+                if c.row.startswith(row_start) and c.column == column)
+
+
+def test_a_number_moved_to_another_row_or_column_is_caught(tables):
+    large = _cell(tables, "glance_columns", "large objects", "AP90")
+    exact = _cell(tables, "glance_columns", "shapes, exact boxes", "AP90")
+    right = f"On {exact.row} Dynamic R-CNN gains AP90 {exact.text}."
+    assert _prose_check.quote_problems(right, tables) == []
+    moved = f"On {exact.row} Dynamic R-CNN gains AP90 {large.text}."
+    assert any("not in row" in p for p in _prose_check.quote_problems(moved, tables))
+    column = f"On {exact.row} Dynamic R-CNN gains AP50 {exact.text}."
+    assert any("not in column AP50" in p for p in _prose_check.quote_problems(column, tables))
+    typed = "On a set Dynamic R-CNN gains AP90 +1.2 [+0.3, +2.1]."
+    assert any("no table's cell" in p for p in _prose_check.quote_problems(typed, tables))
+
+
+def test_a_tie_over_a_wide_interval_is_caught(tables):
+    wide = _cell(tables, "glance_columns", "shapes, boxes jittered", "AP")
+    assert wide.text == "-0.5 [-3.2, +2.3]"  # the sentence issue 35 found
+    text = f"On jittered boxes Dynamic R-CNN ties the baseline in AP ({wide.text})."
+    assert any("'ties'" in p for p in _prose_check.verdict_problems(text, tables))
+    honest = f"On jittered boxes its AP difference is not resolved ({wide.text})."
+    assert _prose_check.verdict_problems(honest, tables) == []
+    bare = "On jittered boxes `obj_floor` is a tie (+0.2)."  # the mean alone, no interval
+    assert any("'tie'" in p for p in _prose_check.verdict_problems(bare, tables))
+
+
+def test_a_gain_over_an_interval_that_includes_zero_is_caught(tables):
+    cell = _cell(tables, "glance_t060", "shapes, exact boxes", "AP90")
+    assert cell.text == "+7.3 [-2.4, +17.0]"
+    text = f"Against T 0.6, AP90 rose on exact boxes ({cell.text})."
+    assert any("'rose'" in p for p in _prose_check.verdict_problems(text, tables))
+    resolved = _cell(tables, "glance_columns", "large objects", "AP90")
+    ok = f"AP90 rose on large objects ({resolved.text.replace('**', '')})."
+    assert _prose_check.verdict_problems(ok, tables) == []
+    assert _prose_check.unsigned_ap_numbers("It reaches 97.3 AP.", tables) == ["97.3"]
 
 
 def test_a_typed_number_in_prose_is_caught(tables):

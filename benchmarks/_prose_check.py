@@ -94,8 +94,8 @@ def quote_problems(prose: str, tables: Dict[str, object]) -> List[str]:
 
 
 def _kind_ok(kind: str, low: float, high: float) -> bool:
-    if kind == "tie":
-        return -TIE_MARGIN <= low and high <= TIE_MARGIN
+    if kind == "tie":  # resolved wins: a tie's interval also includes 0
+        return -TIE_MARGIN <= low <= 0 <= high <= TIE_MARGIN
     if kind == "up":
         return low > 0
     if kind == "down":

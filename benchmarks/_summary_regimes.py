@@ -103,7 +103,15 @@ def regime_sentence(row: Dict[str, Any]) -> str:
     each with the word its interval allows."""
     d = row["diffs"]
     parts = [f"{col} {quote(d[col])} ({word(d[col])})" for col in ("AP", "AP50", "AP90")]
-    return (f"{row['text'].capitalize()}, against {ARM_TEXT[row['choice'].best]}: "
+    best = row["runs"][row["choice"].best].column("test", "AP")
+    mine = row["runs"][DYNAMIC].column("test", "AP")
+    seeds = sorted(set(best) & set(mine))
+    noise = ""
+    if len(seeds) > 1:
+        noise = (f" (noise: the comparator's AP moves {statistics.stdev(best.values()):.1f} sd "
+                 f"between seeds, the paired difference "
+                 f"{statistics.stdev(mine[s] - best[s] for s in seeds):.1f})")
+    return (f"{row['text'].capitalize()}, against {ARM_TEXT[row['choice'].best]}{noise}: "
             + ", ".join(parts) + ".")
 
 

@@ -1,6 +1,6 @@
 """Op-level benchmark: dynrcnn's fused ops against the code a user has today.
 
-Cases (see DESIGN.md, "Op contracts"):
+Cases (see docs/design.md, "Op contracts"):
   match    torchvision per image (box_iou, Matcher, BoxCoder.encode_single of the foreground)
            plus the authors' batch statistics (topk(...).values[-1].item(),
            kthvalue(...).values.item()) versus one dynrcnn.ops.dynamic_match over the batch.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole GPU check in ONE call of at most ~9 minutes (GPU time comes in short, rare slots):
+# The whole GPU check in ONE call, its steps capped at 11 minutes together (an estimate of
+# its length, not yet run on a GPU; GPU time comes in short, rare slots):
 #
 #   scripts/gpu_check.sh RESULTS_DIR            on a machine with a CUDA GPU
 #   scripts/gpu_check.sh RESULTS_DIR --dry-run  the non-GPU parts on the CPU (run by `make

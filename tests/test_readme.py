@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 SCRIPT = Path(sys.executable).parent / "dynrcnn"
-SHRINK = {"90000": "2", "resnet50_fpn": "tiny_fpn", "--nproc_per_node=8": "--nproc_per_node=2"}
+SHRINK = {"90000": "2", "180000": "4", "resnet50_fpn": "tiny_fpn",
+          "--nproc_per_node=8": "--nproc_per_node=2"}
 SMALL_RUN = ["--min-size", "128", "--max-size", "128", "--num-workers", "0"]
 
 
@@ -91,8 +92,12 @@ def test_readme_commands_run_in_order(tmp_path):
 
 
 def test_the_study_on_your_data_runs_as_written(tmp_path):
-    """The README's study command after its make-synthetic (2 seeds instead of 3): the
-    report's numbers are those of the metrics files the runs wrote."""
+    """The README's study command after its make-synthetic (2 seeds instead of 3, 2 and 4
+    iterations for 1x and 2x): each schedule is a study directory whose runs wrote the
+    metrics the schedule report shows (each arm per schedule, what doubling did, the best
+    fixed T chosen on val), and the PNG exists."""
+    import statistics
+
     make = readme_commands()[0]
     study = readme_commands("## Does it pay on your data?")
     assert [c[:2] for c in study] == [["dynrcnn", "study"]]
@@ -104,15 +109,27 @@ def test_the_study_on_your_data_runs_as_written(tmp_path):
                                      f"{done.stderr[-4000:]}"
     out = tmp_path / "runs" / "study"
     report = json.loads((out / "report.json").read_text())
-    assert {r["arm"] for r in report["runs"]} == {"baseline", "dla_dsl", "t060"}
-    assert len(report["runs"]) == 6
-    for run in report["runs"]:
-        metrics = json.loads(next((out / run["arm"] / f"seed{run['seed']}").glob(
-            "eval_00*/metrics.json")).read_text())["bbox"]
-        for column in ("AP", "AP50", "AP75", "AP90"):
-            assert run[column] == pytest.approx(100 * metrics[column], abs=1e-9)
     text = (out / "report.md").read_text()
-    assert "## Verdict" in text and "t060 - baseline: AP" in text
+    assert report["schedules"] == [2, 4] and report["split"] == "val"
+    val = {}
+    for n in (2, 4):
+        assert set(report["runs"][str(n)]) == {"baseline", "dla_dsl", "t060"}
+        for arm, seeds in report["runs"][str(n)].items():
+            assert sorted(seeds) == ["0", "1"]
+            for seed, row in seeds.items():
+                metrics = json.loads((out / f"iters_{n}" / arm / f"seed{seed}" /
+                                      f"eval_{n:07d}" / "metrics.json").read_text())["bbox"]
+                val[n, arm, int(seed)] = 100 * metrics["AP"]
+                for column in ("AP", "AP50", "AP75", "AP90"):
+                    assert row[column] == pytest.approx(100 * metrics[column], abs=1e-9)
+        means = {a: statistics.fmean(val[n, a, s] for s in (0, 1)) for a in ("baseline", "t060")}
+        best = max(means, key=means.get)
+        assert report["best_fixed"][str(n)]["dynamic_rcnn"]["best"] == best
+        assert f"- At {n} iterations: dla_dsl - {best} (best fixed T): AP" in text
+    gain = statistics.fmean(val[4, "dla_dsl", s] - val[2, "dla_dsl", s] for s in (0, 1))
+    assert f"| dla_dsl | 2 -> 4 | {gain:+.1f} [" in text
+    assert (out / "report_schedules.png").stat().st_size > 0
+    assert (out / "iters_2" / "report.md").is_file() and (out / "iters_4" / "report.md").is_file()
 
 
 def test_start_from_a_torchvision_model_runs_in_order(tmp_path):

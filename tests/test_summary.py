@@ -88,7 +88,7 @@ def test_quotes_and_verdict_words_follow_the_tables_and_the_rule(file, tables):
     assert problems == []
 
 
-def _cell(tables, table: str, row_start: str, column: str) -> "_prose_check.Cell":
+def _cell(tables, table: str, row_start: str, column: str) -> _prose_check.Cell:
     return next(c for c in _prose_check.table_cells({table: tables[table]})
                 if c.row.startswith(row_start) and c.column == column)
 

@@ -296,20 +296,33 @@ def verdict_lines(results: Sequence[RunResult], arms: Sequence[str],
         runs = groups.get(ref, [])
         if len(runs) > 1:
             sd = summarize([r.metrics["AP"] for r in runs]).sd
+            paired = [(a, _paired_sd(groups.get(a, []), runs)) for a in arms
+                      if a != ref and reference_of(a) == ref]
+            pairs = "; ".join(f"{a} - {ref} moves {d:.1f}" for a, d in paired
+                              if d is not None)
             lines.append(f"Noise: {ref}'s AP moves {sd:.1f} (sd) between its {len(runs)} "
-                         "seeds.")
+                         "seeds" + (f"; the paired difference in AP: {pairs}." if pairs
+                                    else "."))
     lines.append("")
     for arm in arms:
         ref = reference_of(arm)
         if arm == ref or arm not in groups or ref not in groups:
             continue
-        for metric in ("AP", "AP90", "segm AP"):
+        for metric in ("AP", "AP50", "AP90", "segm AP"):
             if not all(metric in r.metrics for r in groups[arm] + groups[ref]):
                 continue
             diff = paired_difference({r.seed: r.metrics[metric] for r in groups[arm]},
                                      {r.seed: r.metrics[metric] for r in groups[ref]})
             lines.append("- " + verdict(f"{arm} - {ref}", metric, diff, where))
     return lines + [""]
+
+
+def _paired_sd(arm_runs: Sequence[RunResult], ref_runs: Sequence[RunResult]
+               ) -> Optional[float]:
+    """Sample sd over seeds of the arm's AP minus the reference's at the same seed."""
+    ref = {r.seed: r.metrics["AP"] for r in ref_runs}
+    diffs = [r.metrics["AP"] - ref[r.seed] for r in arm_runs if r.seed in ref]
+    return summarize(diffs).sd if len(diffs) > 1 else None
 
 
 def _study_header(results: Sequence[RunResult], spec: Dict[str, Any], command: str,

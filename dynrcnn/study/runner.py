@@ -259,6 +259,9 @@ def check_same_study(spec: StudySpec) -> None:
     mine = {k: getattr(spec, k) for k in fixed}
     if spec.base is None:  # a synthetic study's study.json keeps its old form
         mine = {k: v for k, v in mine.items() if k not in ("base", "test_ann")}
+    else:  # the user's data: the synthetic recipe's fields would be false for it
+        mine = {k: v for k, v in mine.items()
+                if k not in ("image_size", "recipe", "num_train", "num_val")}
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
@@ -288,6 +291,10 @@ class Runner:
         self.log_paths = list(dict.fromkeys(
             [self.log_path, *(os.path.join(s.out_dir, "study.log") for s in self.studies)]))
         self.jobs = jobs if jobs is not None else plan(spec)
+        names = [j.name for j in self.jobs]
+        if len(set(names)) != len(names):  # the runner tracks its processes by name
+            twice = sorted(n for n in set(names) if names.count(n) > 1)
+            raise ValueError(f"two jobs share a name: {twice}")
         self._running: Dict[str, subprocess.Popen[bytes]] = {}
         self.failed: List[str] = []  # jobs that exited without their final metrics
         self._free_gpus: List[int] = list(spec.gpus or [])

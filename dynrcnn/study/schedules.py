@@ -86,8 +86,14 @@ def schedules_of(req: Any) -> List[Schedule]:
                                   base={**req.base, "iterations": n})
         spec = build_spec(sub)
         jobs, every = study_jobs(spec)
-        out.append(Schedule(n, sub, spec, jobs, every))
+        # one runner runs every schedule: names ("dla_dsl seed 0") must tell them apart
+        out.append(Schedule(n, sub, spec, _tagged(jobs, n), _tagged(every, n)))
     return out
+
+
+def _tagged(jobs: Sequence[Any], iterations: int) -> List[Any]:
+    return [dataclasses.replace(j, tag=", ".join(filter(None, [f"{iterations} it", j.tag])))
+            for j in jobs]
 
 
 def run_schedules(req: Any, mode: str, echo: Callable[[str], None]) -> int:

@@ -139,8 +139,9 @@ TIE_MARGIN = 0.5
 VERDICT_RULES = (
     "Verdicts follow fixed rules: a difference is *resolved* (better or worse) when its "
     "95% interval excludes 0; a *tie* when the interval lies within "
-    f"±{TIE_MARGIN} points; otherwise it is *not resolved*: more seeds narrow the interval. "
-    "One seed gives no interval at all.")
+    f"±{TIE_MARGIN} points and includes 0 (an interval that excludes 0 is resolved even "
+    f"inside ±{TIE_MARGIN}: resolved wins); otherwise it is *not resolved*: more seeds "
+    "narrow the interval. One seed gives no interval at all.")
 
 
 def verdict(name: str, metric: str, diff: Optional[PairedDiff], where: str) -> str:

@@ -156,6 +156,17 @@ class DynamicConfig:
         every one of them as background). "t_cap" is the paper's algorithm with T never
         above T_CAP (0.6): DLA's rise, without its last 0.1 (init_iou and iou_floor must
         not exceed the cap).
+
+    mask_iou: the RoIs the mask head of Dynamic Mask R-CNN trains on (issue 36). None (the
+        default, the paper's algorithm as applied so far): the classifier's positives, so
+        the mask head follows T. A number in [0, 1], e.g. 0.5 (Mask R-CNN's definition):
+        among the RoIs the sampler drew for the box head, those whose best IoU with a
+        ground-truth box of their image is >= mask_iou, whatever T is, each with the mask
+        of that box (the one it overlaps most); ground-truth copies always. So a drawn RoI
+        with mask_iou <= IoU < T is background for the classifier, not regressed, and a
+        mask positive; nothing else is sampled. The classifier and the regressor keep T.
+        Training only: inference and exports do not change. Ignored (with a warning) by
+        a detector without a mask branch.
     """
 
     k_iou: int = 75
@@ -171,6 +182,7 @@ class DynamicConfig:
     update_beta: bool = True
     stats_with_gt: bool = False
     variant: str = "paper"
+    mask_iou: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -189,6 +201,12 @@ class DynamicConfig:
             raise ValueError(f"init_beta={self.init_beta} must lie in [beta_min, beta_max]")
         if self.init_iou < self.iou_floor:
             raise ValueError(f"init_iou={self.init_iou} is below iou_floor={self.iou_floor}")
+        if self.mask_iou is not None:
+            value = self.mask_iou
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0.0 <= value <= 1.0:
+                raise ValueError(f"mask_iou must be None or an IoU in [0, 1], got {value!r}")
+            self.mask_iou = float(value)
         if self.variant == "t_cap" and self.init_iou > T_CAP:
             raise ValueError(f"variant 't_cap' caps T at {T_CAP}: init_iou={self.init_iou} "
                              "is above it")

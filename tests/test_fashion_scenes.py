@@ -11,6 +11,7 @@ import gzip
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,60 @@ def test_a_bad_source_is_one_line_and_exit_2(source, tmp_path, capsys):
         (broken / name).write_bytes(b"not gzip")
     assert fashion.main(["--out", str(tmp_path / "x"), "--source", str(broken)]) == 2
     assert "not a readable gzip file" in capsys.readouterr().err
+
+
+def test_masks_are_the_products_pixels_and_change_nothing_else(source, tmp_path):
+    """--masks: every segmentation is RLE that pycocotools reads, of exactly `area` pixels,
+    inside the box, on the product's pixels (>= ink); the images, boxes and areas are the
+    plain run's, and runs without it are byte for byte the same."""
+    from pycocotools import mask as mask_utils
+
+    for name, extra in (("plain", ()), ("again", ()), ("masks", ("--masks",))):
+        assert _build(source, tmp_path / name, *extra) == 0
+    for split in ("train", "val", "test"):
+        plain = (tmp_path / "plain" / "annotations" / f"instances_{split}.json").read_bytes()
+        assert plain == \
+            (tmp_path / "again" / "annotations" / f"instances_{split}.json").read_bytes()
+        assert b"segmentation" not in plain
+        with_masks = _load(tmp_path / "masks", split)
+        stripped = [{k: v for k, v in a.items() if k != "segmentation"}
+                    for a in with_masks["annotations"]]
+        assert {**with_masks, "annotations": stripped} == json.loads(plain)
+        for png in sorted((tmp_path / "plain" / split).iterdir()):
+            assert png.read_bytes() == (tmp_path / "masks" / split / png.name).read_bytes()
+    data = _load(tmp_path / "masks", "val")
+    assert data["annotations"]
+    for ann in data["annotations"]:
+        rle = ann["segmentation"]
+        assert isinstance(rle["counts"], str) and rle["size"] == [96, 96]
+        with warnings.catch_warnings():  # pycocotools and numpy 2's __array__(copy=...)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        assert mask.shape == (96, 96) and int(mask.sum()) == ann["area"]
+        x, y, w, h = map(int, ann["bbox"])
+        inside = np.zeros_like(mask, dtype=bool)
+        inside[y:y + h, x:x + w] = True
+        assert not (mask.astype(bool) & ~inside).any()
+        # tight: the mask touches every edge of the box
+        assert mask[y].any() and mask[y + h - 1].any() and mask[:, x].any() \
+            and mask[:, x + w - 1].any()
+        image = np.asarray(Image.open(tmp_path / "masks" / "val"
+                                      / f"{ann['image_id'] - 1:06d}.png"))[:, :, 0]
+        assert (image[mask.astype(bool)] >= fashion.SceneConfig.ink).all()
+        # exactly the product's pixels: boxes never overlap and the background is below ink
+        assert np.array_equal(mask[y:y + h, x:x + w].astype(bool),
+                              image[y:y + h, x:x + w] >= fashion.SceneConfig.ink)
+
+
+def test_the_data_loader_reads_the_masks(source, tmp_path):
+    from dynrcnn.data.coco import CocoDetection
+
+    assert _build(source, tmp_path / "set", "--masks") == 0
+    data = CocoDetection(tmp_path / "set" / "val",
+                         tmp_path / "set" / "annotations" / "instances_val.json",
+                         train=True, masks=True)
+    _, target = data[0]
+    n = target["boxes"].shape[0]
+    assert n > 0 and target["masks"].shape == (n, 96, 96)
+    assert target["masks"].sum(dim=(1, 2)).tolist() == \
+        [int(a) for a in target["area"].tolist()]

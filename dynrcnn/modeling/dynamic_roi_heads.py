@@ -18,6 +18,8 @@ Only training differs from Faster R-CNN, so only the training path is overridden
   `read_match_diagnostics`.
 - The box loss is `dynamic_smooth_l1` with the current beta, summed over the sampled
   positives and divided by the number of sampled RoIs, like torchvision's `fastrcnn_loss`.
+- The mask branch trains on the classifier's positives, or with `DynamicConfig.mask_iou` on
+  the sampled RoIs at IoU >= mask_iou whatever T is (`mask_targets`).
 
 Inference is `RoIHeads.forward` unchanged, so a Dynamic R-CNN costs exactly what a Faster
 R-CNN does at test time and both give identical detections with identical weights.
@@ -25,6 +27,7 @@ R-CNN does at test time and both give identical detections with identical weight
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -41,6 +44,7 @@ from dynrcnn.dynamic import (
     object_floor,
 )
 from dynrcnn.modeling._utils import check_target_types
+from dynrcnn.modeling.mask_targets import MaskTargets, mask_candidates, sampled_mask_targets
 from dynrcnn.ops import MatchResult, dynamic_match, dynamic_smooth_l1, splits_from_counts
 
 Targets = List[Dict[str, Tensor]]
@@ -118,6 +122,18 @@ class VariantTargets(NamedTuple):
     class_weight: Optional[List[Tensor]]
 
 
+class _Sampled(NamedTuple):
+    """One batch's sampled RoIs: select_training_samples' four lists, the variant's
+    VariantTargets and the mask head's own MaskTargets (None: the classifier's positives)."""
+
+    rois: List[Tensor]
+    matched: List[Tensor]
+    labels: List[Tensor]
+    regression_targets: List[Tensor]
+    extra: Optional[VariantTargets]
+    mask: Optional[MaskTargets]
+
+
 def _proposal_rows(num_props: List[int], num_gts: List[int], device: torch.device) -> Tensor:
     """Rows of the proposals in the per-image concatenation [proposals_b, gt_b] over b
     (counts known on the host: no device sync)."""
@@ -188,6 +204,9 @@ class DynamicRoIHeads(RoIHeads):
         )
         self.dynamic_state = DynamicState(config)
         self.diagnostics = MatchDiagnostics()
+        if config.mask_iou is not None and not self.has_mask():
+            warnings.warn(f"DynamicConfig.mask_iou={config.mask_iou} is ignored: the model "
+                          "has no mask branch", RuntimeWarning, stacklevel=2)
 
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads,
@@ -282,6 +301,11 @@ class DynamicRoIHeads(RoIHeads):
                Optional[List[Tensor]]]:
         """select_training_samples, plus the variant's extra targets (VariantTargets; None
         for the paper's variant)."""
+        return self._sample(proposals, targets)[:5]
+
+    def _sample(self, proposals: List[Tensor], targets: Optional[Targets]) -> _Sampled:
+        """_select_samples, plus the mask head's targets when DynamicConfig.mask_iou is set
+        and the heads have a mask branch."""
         self.check_targets(targets)
         if targets is None:  # for type checkers; check_targets raised already
             raise ValueError("targets should not be None")
@@ -324,6 +348,11 @@ class DynamicRoIHeads(RoIHeads):
                                    ramp).split(num_props)
         prop_labels = (label_table[match.matched_idxs] * foreground).split(num_props)
         prop_matched = match.matched_idxs.split(num_props)
+        mask_iou = self.dynamic_state.config.mask_iou
+        mask: Optional[MaskTargets] = None
+        if mask_iou is not None and self.has_mask():  # the mask head's own positives
+            mask = mask_candidates(match.matched_idxs, match.max_iou, num_props,
+                                   [g.shape[0] for g in gt_boxes], mask_iou)
 
         boxes, labels, matched, is_copy, reg_ok, weights = [], [], [], [], [], []
         offset = 0
@@ -365,7 +394,9 @@ class DynamicRoIHeads(RoIHeads):
         ]
         extra = None if regressed is None else VariantTargets(
             reg_ok, weights if soft is not None else None)
-        return rois, matched, labels, regression_targets, extra
+        if mask is not None:
+            mask = sampled_mask_targets(mask, sampled)
+        return _Sampled(rois, matched, labels, regression_targets, extra, mask)
 
     def forward(
         self,
@@ -396,8 +427,8 @@ class DynamicRoIHeads(RoIHeads):
         # beta as it was before this iteration's record (which may update it), so that T
         # and beta come from the same point of the schedule, as in mmdetection.
         beta = self.dynamic_state.beta.clone()
-        rois, matched_idxs, labels, regression_targets, extra = \
-            self._select_samples(proposals, targets)
+        rois, matched_idxs, labels, regression_targets, extra, mask = \
+            self._sample(proposals, targets)
 
         box_features = self.box_head(self.box_roi_pool(features, rois, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
@@ -407,8 +438,10 @@ class DynamicRoIHeads(RoIHeads):
             None if extra is None else extra.class_weight)
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if self.has_mask():
+            if mask is None:  # the classifier's positives: the mask head follows T
+                mask = MaskTargets([lab > 0 for lab in labels], matched_idxs)
             losses["loss_mask"] = self._mask_loss(
-                features, rois, image_shapes, targets, labels, matched_idxs)
+                features, rois, image_shapes, targets, mask.positive, mask.matched)
         return [], losses
 
     def _mask_loss(
@@ -417,16 +450,20 @@ class DynamicRoIHeads(RoIHeads):
         rois: List[Tensor],
         image_shapes: List[Tuple[int, int]],
         targets: Optional[Targets],
-        labels: List[Tensor],
+        positive: List[Tensor],
         matched_idxs: List[Tensor],
     ) -> Tensor:
-        """torchvision's mask branch on the sampled positives; matched_idxs index each
-        image's own gt masks, as torchvision's maskrcnn_loss expects."""
+        """torchvision's mask branch on the sampled RoIs marked `positive` (per image, bool
+        per RoI); matched_idxs index each image's own gt masks, as torchvision's
+        maskrcnn_loss expects."""
         if targets is None:
             raise ValueError("targets should not be None")
         mask_rois, pos_matched = [], []
-        for roi, lab, idx in zip(rois, labels, matched_idxs):
-            pos = torch.where(lab > 0)[0]
+        for roi, pos_mask, idx in zip(rois, positive, matched_idxs):
+            # torchvision compacts the positives with torch.where (one sync per image); a
+            # bool mask of the same length, built on the device, is compacted the same way:
+            # mask_iou adds no host sync
+            pos = torch.where(pos_mask)[0]
             mask_rois.append(roi[pos])
             pos_matched.append(idx[pos])
         mask_features = self.mask_head(self.mask_roi_pool(features, mask_rois, image_shapes))

@@ -42,7 +42,7 @@ SETS: Dict[str, Dict[str, Any]] = {
               "archives": ("study_large_cpu_runs", "study_paper_large_cpu_runs")},
     "finetune": {"text": "fine-tuned, jittered boxes (NMS 0.85 only: not best against best)",
                  "archives": ("study_paper_finetune_cpu_runs",)},
-    # real product photos (fashion_scenes.py); candidates: 1000 @ NMS 0.85 or 0.7
+    # product images on generated backgrounds (fashion_scenes.py); 1000 @ NMS 0.85 or 0.7
     "fashion": {"text": "Fashion-MNIST scenes (1000 @ NMS 0.85 or 0.7)",
                 "archives": ("study_fashion_bvb_cpu", "study_fashion_bvb_cpu/nms070"),
                 "settings": BEST_VS_BEST_SETTINGS},

@@ -7,10 +7,7 @@ that never share a product, determinism, and one clear line for a bad source."""
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,28 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.benchmark_helpers import load_script, write_idx
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("fashion_scenes",
-                                                  ROOT / "benchmarks" / "fashion_scenes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fashion_scenes"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fashion = _module()
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    if array.ndim == 3:
-        header = (2051).to_bytes(4, "big") + b"".join(
-            int(n).to_bytes(4, "big") for n in array.shape)
-    else:
-        header = (2049).to_bytes(4, "big") + len(array).to_bytes(4, "big")
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+fashion = load_script("fashion_scenes")
+_write_idx = write_idx
 
 
 @pytest.fixture(scope="module")

@@ -5,39 +5,20 @@ source is one line."""
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.benchmark_helpers import load_script, write_idx
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("pretrain_trunk",
-                                                  ROOT / "benchmarks" / "pretrain_trunk.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pretrain_trunk"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pretrain = _module()
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    if array.ndim == 3:
-        header = (2051).to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big")
-                                                      for n in array.shape)
-    else:
-        header = (2049).to_bytes(4, "big") + len(array).to_bytes(4, "big")
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+pretrain = load_script("pretrain_trunk")
+_write_idx = write_idx
 
 
 @pytest.fixture(scope="module")

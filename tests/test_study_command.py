@@ -35,12 +35,16 @@ def dynrcnn(*args: str, cwd: Path, check: bool = True, timeout: int = 600
     return done
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("study_data")
+def make_study_data(root: Path) -> Path:
+    """root/d: 8 train, 4 val and 4 test synthetic images of 64 px."""
     dynrcnn("make-synthetic", "--out", "d", "--num-train", "8", "--num-val", "4",
             "--num-test", "4", "--image-size", "64", "64", cwd=root)
     return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_study_data(tmp_path_factory.mktemp("study_data"))
 
 
 def study_args(out: str, *extra: str) -> list:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_study_command import ENV, SCRIPT, TINY, dynrcnn
+from tests.test_study_command import ENV, SCRIPT, TINY, dynrcnn, make_study_data
 
 ARMS = ["baseline", "dla_dsl"]
 SCHEDULES = (2, 4)
@@ -32,10 +32,7 @@ def _args(out: str, *extra: str) -> list:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sched_data")
-    dynrcnn("make-synthetic", "--out", "d", "--num-train", "8", "--num-val", "4",
-            "--num-test", "4", "--image-size", "64", "64", cwd=root)
-    return root
+    return make_study_data(tmp_path_factory.mktemp("sched_data"))
 
 
 @pytest.fixture(scope="module")

@@ -411,13 +411,7 @@ def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = prin
     jobs, every = study_jobs(spec)
     if mode == "plan":
         os.makedirs(spec.out_dir, exist_ok=True)
-        lines = plan_commands(every, spec)
-        for line in lines:
-            echo(line)
-        # the command as typed, --plan swapped for --report (argparse refuses both at once)
-        then = shlex.join([t for t in shlex.split(req.command) if t != "--plan"] + ["--report"])
-        echo(f"# {len(lines)} of {len(every)} runs to train; then: {then}")
-        return 0
+        return print_plan(plan_commands(every, spec), len(every), req.command, echo)
     failed: List[str] = []
     if mode == "run":
         runner = Runner(spec, jobs=every)
@@ -434,10 +428,26 @@ def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = prin
             section = text[text.index(title):].split("\n## ")[0]
             echo("\n".join(line for line in section.splitlines()
                            if line.startswith(("- ", "Not yet", "best fixed T"))))
-    echo(f"report written to {os.path.join(spec.out_dir, 'report.md')}")
+    return report_written(spec.out_dir, failed, echo)
+
+
+def report_written(out_dir: str, failed: Sequence[str], echo: Callable[[str], None]) -> int:
+    """The last lines of a study: where the report is, which runs failed; the exit status."""
+    echo(f"report written to {os.path.join(out_dir, 'report.md')}")
     if failed:
         echo(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)")
         return 1
+    return 0
+
+
+def print_plan(lines: Sequence[str], total: int, command: str,
+               echo: Callable[[str], None]) -> int:
+    """--plan's output: the commands, then how many and the report command to run after."""
+    for line in lines:
+        echo(line)
+    # the command as typed, --plan swapped for --report (argparse refuses both at once)
+    then = shlex.join([t for t in shlex.split(command) if t != "--plan"] + ["--report"])
+    echo(f"# {len(lines)} of {total} runs to train; then: {then}")
     return 0
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import datetime
 import json
 import os
-import shlex
 import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence
@@ -98,21 +97,22 @@ def _tagged(jobs: Sequence[Any], iterations: int) -> List[Any]:
 
 def run_schedules(req: Any, mode: str, echo: Callable[[str], None]) -> int:
     """`dynrcnn study` with several --iterations: mode "run", "plan" or "report"."""
-    from dynrcnn.study.command import evaluate_finished, plan_commands, report
+    from dynrcnn.study.command import (
+        evaluate_finished,
+        plan_commands,
+        print_plan,
+        report,
+        report_written,
+    )
     from dynrcnn.study.runner import Runner
 
     schedules = schedules_of(req)
     if mode == "plan":
-        total, lines = 0, []
+        lines: List[str] = []
         for sched in schedules:
             os.makedirs(sched.spec.out_dir, exist_ok=True)
             lines += plan_commands(sched.every, sched.spec)
-            total += len(sched.every)
-        for line in lines:
-            echo(line)
-        then = shlex.join([t for t in shlex.split(req.command) if t != "--plan"] + ["--report"])
-        echo(f"# {len(lines)} of {total} runs to train; then: {then}")
-        return 0
+        return print_plan(lines, sum(len(s.every) for s in schedules), req.command, echo)
     failed: List[str] = []
     if mode == "run":
         top = dataclasses.replace(schedules[0].spec, out_dir=os.path.abspath(req.out_dir))
@@ -129,11 +129,7 @@ def run_schedules(req: Any, mode: str, echo: Callable[[str], None]) -> int:
     section = text[text.index("## Verdict"):] if "## Verdict" in text else ""
     echo("\n".join(line for line in section.splitlines()
                    if line.startswith(("- ", "Noise", "At "))))
-    echo(f"report written to {os.path.join(os.path.abspath(req.out_dir), 'report.md')}")
-    if failed:
-        echo(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their train.log)")
-        return 1
-    return 0
+    return report_written(os.path.abspath(req.out_dir), failed, echo)
 
 
 def _reference(runs: Dict[str, ArmRuns]) -> str:

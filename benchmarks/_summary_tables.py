@@ -435,8 +435,9 @@ def masks(results: Path) -> Table:
 def fashion(results: Path) -> Table:
     """Dynamic R-CNN and fixed T 0.6 against the baseline, and Dynamic R-CNN against T 0.6,
     on scenes of Fashion-MNIST product photos (benchmarks/fashion_scenes.py), test split,
-    one RPN setting for every arm (the paper's), from results/study_fashion_cpu/."""
-    with open(results / "study_fashion_cpu" / "report.json") as f:
+    one RPN setting for every arm (the paper's), from the 3000-iteration study of
+    results/study_fashion_scratch_cpu/."""
+    with open(results / "study_fashion_scratch_cpu" / "iters_3000" / "report.json") as f:
         report = json.load(f)
     runs, spec = report["runs"], report["spec"]
     columns = COLUMNS

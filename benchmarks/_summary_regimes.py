@@ -115,6 +115,19 @@ def regime_sentence(row: Dict[str, Any]) -> str:
             + ", ".join(parts) + ".")
 
 
+def answer(rows: Sequence[Dict[str, Any]]) -> str:
+    """The count, per column, of regimes where Dynamic R-CNN minus the best fixed T is a
+    gain, a cost, or neither by the rule."""
+    parts = []
+    for col in ("AP", "AP50", "AP90"):
+        words = [word(r["diffs"][col]) for r in rows]
+        counts = {w: words.count(w) for w in ("gain", "cost", "tie", "not resolved")}
+        said = ", ".join(f"{w} in {n}" for w, n in counts.items() if n)
+        parts.append(f"{col}: {said}")
+    return (f"Against the best fixed T, in the {len(rows)} regimes measured here: "
+            + "; ".join(parts) + ".")
+
+
 def doubling(row_short: Dict[str, Any], row_long: Dict[str, Any], arm: str,
              column: str = "AP") -> Optional[PairedDiff]:
     """The arm at the longer schedule minus itself at the shorter one, paired by seed."""
@@ -245,7 +258,8 @@ def regimes_words(results: Path) -> Any:
     """The README's sentences under the table: one per regime, words by the rule."""
     st = _table_module()
     rows = regime_rows(results)
-    bullets = [f"- {regime_sentence(r)}" for r in rows]
+    bullets = [f"- {answer(rows)}"] if rows else []
+    bullets += [f"- {regime_sentence(r)}" for r in rows]
     for short, long in pairs_of_schedules(rows):
         trunk = "pretrained trunk" if "pretrained" in short["archive"] else "from scratch"
         base = doubling(short, long, short["choice"].best)

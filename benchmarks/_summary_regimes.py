@@ -270,18 +270,28 @@ def regimes_words(results: Path) -> Any:
             f"at {short['iterations']}) by {quote(base)} AP ({word(base, 'gain', 'loss')}); "
             f"Dynamic R-CNN's AP difference went from {quote(gap_short)} to "
             f"{quote(gap_long)}.")
-    pre = load_pretrain_report(results)
-    if pre is not None:
-        bullets.append(
-            f"- The pretrained trunk: tiny_fpn trained as a classifier on Fashion-MNIST's "
-            f"training file ({100 * pre['test_accuracy']:.1f}% on its test file), the stand-in "
-            "for ImageNet weights here (benchmarks/pretrain_trunk.py).")
     return st.Table("The sentences under the README's table (generated: each verdict word "
                     "follows the study's rule).", "\n".join(bullets) + "\n",
                     summary_rows(rows))
 
 
+def pretrain(results: Path) -> Any:
+    """The pretrained trunk (pretrain_trunk.py's report)."""
+    st = _table_module()
+    pre = load_pretrain_report(results)
+    rows = [] if pre is None else [[
+        "tiny_fpn, Fashion-MNIST training file", str(pre["train_images"]),
+        str(pre["config"]["epochs"]), str(pre["test_images"]),
+        f"{100 * pre['test_accuracy']:.1f}%", f"`{pre['sha256'][:12]}`"]]
+    return st.Table(
+        "The trunk the pretrained regime starts from: a 10-class classifier, top-1 accuracy "
+        "on Fashion-MNIST's test file.",
+        st.markdown_table(["trunk", "train images", "epochs", "test images", "top-1",
+                           "SHA-256"], rows, right=4), [] if pre is None else [pre])
+
+
 REGIME_TABLES = {
+    "pretrain": pretrain,
     "glance": glance,
     "regimes_words": regimes_words,
     "regimes_columns": regimes_columns,

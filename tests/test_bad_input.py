@@ -261,10 +261,14 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_exits_130(tmp_path, data_dir):
     import time
 
     run = tmp_path / "run"
+    # A shell without job control starts background commands (`make test &`) with SIGINT
+    # ignored, and a child inherits that: Python would then install no KeyboardInterrupt
+    # handler and Ctrl-C could not be tested. The child gets SIGINT's default back.
     proc = subprocess.Popen(
         [str(SCRIPT), "train", "--data-dir", str(data_dir), "--out-dir", str(run),
          "--iterations", "100000", "--checkpoint-period", "1", *TINY],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(run.glob("model_*.pth")) and time.time() < deadline:
         time.sleep(0.2)

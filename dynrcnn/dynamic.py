@@ -362,13 +362,17 @@ class MatchDiagnostics(nn.Module):
     read and starts a new window. NaN statistics (no foreground proposal) are left out of
     the means; a window without any gives None. The buffers are not persistent: checkpoints
     do not change, and a resumed run starts a fresh window.
+
+    Heads with a mask branch also report `observe_mask()`: "mask_rois", the RoIs per image
+    the mask head trained on (issue 36: with DLA they follow T unless
+    DynamicConfig.mask_iou is set). Without a mask branch it stays None.
     """
 
     def __init__(self, thresholds: Sequence[float] = DIAGNOSTIC_IOUS) -> None:
         super().__init__()
         self.thresholds = tuple(float(t) for t in thresholds)
         self.names = ([f"props_iou{round(100 * t)}" for t in self.thresholds]
-                      + ["kth_iou", "kth_err"])
+                      + ["kth_iou", "kth_err", "mask_rois"])
         n = len(self.names)
         self.register_buffer("thr", torch.tensor(self.thresholds, dtype=torch.float32),
                              persistent=False)
@@ -389,9 +393,18 @@ class MatchDiagnostics(nn.Module):
         counts = (max_iou.float().reshape(-1, 1) >= self.thr.reshape(1, -1)).sum(0)
         stats = torch.stack([self._reduce(kth_iou), self._reduce(kth_err)])
         values = torch.cat([counts.double() / max(num_images, 1), stats])
+        self._add(slice(0, len(self.names) - 1), values)
+
+    @torch.no_grad()
+    def observe_mask(self, num_rois: Tensor, num_images: int) -> None:
+        """Add one iteration's mask-head training RoIs (a 0-dim count on the device)."""
+        value = num_rois.detach().to(self.total.device).double().reshape(1)
+        self._add(slice(len(self.names) - 1, len(self.names)), value / max(num_images, 1))
+
+    def _add(self, where: slice, values: Tensor) -> None:
         ok = ~torch.isnan(values)
-        self.total += torch.where(ok, values, torch.zeros_like(values))
-        self.valid += ok.double()
+        self.total[where] += torch.where(ok, values, torch.zeros_like(values))
+        self.valid[where] += ok.double()
 
     def _reduce(self, value: Tensor) -> Tensor:
         value = value.detach().to(self.total.device)

@@ -15,6 +15,7 @@ log.jsonl holds one JSON object per logged iteration:
                 under torchrun, rank 0's)
     kth_iou     the KI-th largest proposal IoU (the DLA statistic), averaged likewise
     kth_err     the Kbeta-th smallest regression error (the DSL statistic), averaged likewise
+    mask_rois   RoIs per image the mask head trained on, averaged likewise (mask branch only)
     max_mem_mb  peak CUDA memory (CUDA runs only)
     time        seconds per iteration, averaged since the previous log line
     data_time   seconds per iteration spent waiting for data, averaged likewise

@@ -19,8 +19,10 @@ DIAGNOSTIC_PANELS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
     ("KI-th largest IoU (DLA statistic)", (("kth_iou", "KI-th IoU"), ("iou_thr", "T"))),
     ("Kbeta-th smallest error (DSL statistic)", (("kth_err", "Kbeta-th error"),
                                                  ("beta", "beta"))),
+    ("RoIs per image the mask head trains on", (("mask_rois", "mask RoIs"),)),
 )
-_DIAGNOSTIC_KEYS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou", "kth_err")
+_DIAGNOSTIC_KEYS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou", "kth_err",
+                    "mask_rois")
 
 
 def _points(rows: Sequence[Dict[str, Any]], key: str) -> Tuple[List[Any], List[Any]]:
@@ -66,8 +68,9 @@ def plot_training_curves(log_path: str, out_path: str,
                 xs, ys = _points(rows, key)
                 if xs:
                     ax.plot(xs, ys, label=label)
-            ax.set_title(title, fontsize=10)
-            ax.legend(fontsize=8)
+            if ax.has_data():  # the mask panel has none without a mask branch
+                ax.set_title(title, fontsize=10)
+                ax.legend(fontsize=8)
     for ax in axes.flat:
         if not ax.has_data():
             ax.set_axis_off()

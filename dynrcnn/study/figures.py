@@ -17,6 +17,8 @@ PANELS: Tuple[Tuple[str, str], ...] = (
     ("props_iou50", "proposals / image, IoU >= 0.5"),
     ("props_iou70", "proposals / image, IoU >= 0.7"),
 )
+# a fifth panel where any arm has a mask branch
+MASK_PANEL: Tuple[str, str] = ("mask_rois", "mask-head RoIs / image")
 
 
 Log = List[Dict[str, Any]]
@@ -54,7 +56,8 @@ def lr_drops(logs: Sequence[Log]) -> List[int]:
 
 
 def plot_dynamics(logs: Dict[str, Sequence[Log]], out: str) -> Optional[str]:
-    """One figure, four panels (PANELS), one line per arm (mean over its runs' logs, as
+    """One figure, four panels (PANELS; a fifth, MASK_PANEL, when a run has a mask
+    branch), one line per arm (mean over its runs' logs, as
     read_logs gives them); returns `out`, or None when no run has a log."""
     import matplotlib
 
@@ -63,14 +66,16 @@ def plot_dynamics(logs: Dict[str, Sequence[Log]], out: str) -> Optional[str]:
 
     curves: Dict[str, Dict[str, Any]] = {}
     for arm, arm_logs in logs.items():
-        got = {key: mean_curves(arm_logs, key) for key, _ in PANELS}
-        if any(c is not None for c in got.values()):
+        got = {key: mean_curves(arm_logs, key) for key, _ in PANELS + (MASK_PANEL,)}
+        if any(got[key] is not None for key, _ in PANELS):
             curves[arm] = got
     if not curves:
         return None
+    panels = PANELS + ((MASK_PANEL,) if any(got[MASK_PANEL[0]] is not None
+                                            for got in curves.values()) else ())
     drops = lr_drops([log for arm_logs in logs.values() for log in arm_logs])
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for ax, (key, title) in zip(axes, PANELS):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, title) in zip(axes, panels):
         for k, it in enumerate(drops):  # learning-rate steps, dotted
             ax.axvline(it, color="gray", ls=":", lw=1, label="lr step" if k == 0 else None)
         for arm, got in curves.items():

@@ -27,7 +27,7 @@ from dynrcnn.study.stats import (
     verdict,
 )
 
-DIAGNOSTICS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou")
+DIAGNOSTICS = ("props_iou50", "props_iou60", "props_iou70", "kth_iou", "mask_rois")
 EARLY_FRACTION = 0.1  # "early proposals": the logged windows of the first 10% of a run
 
 
@@ -153,15 +153,18 @@ def reference_sections(results: Sequence[RunResult], arms: Sequence[str],
 def diagnostics_table(results: Sequence[RunResult], arms: Sequence[str]) -> str:
     """Markdown: Figure 1 per arm, early in training and at its end (means over seeds)."""
     groups = _by_arm(results)
-    lines = ["| arm | " + " | ".join(f"{k} early" for k in DIAGNOSTICS) + " | "
-             + " | ".join(f"{k} end" for k in DIAGNOSTICS) + " |",
-             "|---|" + "---:|" * (2 * len(DIAGNOSTICS))]
+    # mask_rois (the mask head's training RoIs) only where a run has a mask branch
+    keys = [k for k in DIAGNOSTICS if k != "mask_rois"
+            or any(r.early.get(k) is not None for r in results)]
+    lines = ["| arm | " + " | ".join(f"{k} early" for k in keys) + " | "
+             + " | ".join(f"{k} end" for k in keys) + " |",
+             "|---|" + "---:|" * (2 * len(keys))]
     for arm in arms:
         runs = groups.get(arm)
         if not runs or all(r.early.get("props_iou50") is None for r in runs):
             continue
-        early = [_mean_text([r.early.get(k) for r in runs], 2) for k in DIAGNOSTICS]
-        late = [_mean_text([r.late.get(k) for r in runs], 2) for k in DIAGNOSTICS]
+        early = [_mean_text([r.early.get(k) for r in runs], 2) for k in keys]
+        late = [_mean_text([r.late.get(k) for r in runs], 2) for k in keys]
         lines.append(f"| {arm} | " + " | ".join(early + late) + " |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
@@ -405,8 +408,9 @@ def write_report(results: Sequence[RunResult], path: str, spec: Dict[str, Any],
     if diag:
         lines += ["## Figure-1 diagnostics", "",
                   f"Proposals per image with IoU >= 0.5 / 0.6 / 0.7 and the KI-th largest "
-                  f"IoU, averaged over the first and the last {EARLY_FRACTION:.0%} of each "
-                  "run's iterations, then over seeds.", "", diag]
+                  f"IoU (and, with a mask branch, mask_rois: the RoIs per image the mask "
+                  f"head trains on), averaged over the first and the last "
+                  f"{EARLY_FRACTION:.0%} of each run's iterations, then over seeds.", "", diag]
     if plot:
         lines += [f"![AP vs IoU]({os.path.basename(plot)})", ""]
     if dynamics_plot:

@@ -27,11 +27,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _summary_tables beside this file
 
+from _summary_masks import MASK_TABLES  # noqa: E402
 from _summary_regimes import REGIME_TABLES  # noqa: E402
 from _summary_tables import TABLES as _TABLES  # noqa: E402
 from _summary_tables import Table  # noqa: E402
 
-TABLES = {**_TABLES, **REGIME_TABLES}  # the regime tables' "glance" replaces the old one
+# the regime tables' "glance" replaces the old one
+TABLES = {**_TABLES, **REGIME_TABLES, **MASK_TABLES}
 
 DOCS = ("README.md", "docs/accuracy.md", "benchmarks/README.md")
 BLOCK = re.compile(r"(<!-- summary: (\w+) -->\n)(.*?)(<!-- /summary -->)", re.S)

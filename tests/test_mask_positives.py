@@ -129,6 +129,26 @@ def test_mask_positives_follow_mask_iou_and_box_targets_follow_t(mask_iou, spy):
     assert torch.isfinite(losses["loss_mask"])
 
 
+@pytest.mark.parametrize("mask_iou", [None, 0.5])
+def test_mask_rois_diagnostic_counts_what_the_mask_head_trained_on(mask_iou, spy):
+    """The logged mask_rois (per image, mean over the window) is the number of RoIs
+    maskrcnn_loss received: 3 with the mask head following T, 4 with mask_iou 0.5."""
+    heads = mask_heads(held_t(mask_iou))
+    features = {"0": torch.randn(2, 4, SIZE // 4, SIZE // 4,
+                                 generator=torch.Generator().manual_seed(0))}
+    counts = []
+    for _ in range(2):  # two iterations of two images: one with gt, one without
+        empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                 "masks": torch.zeros(0, SIZE, SIZE, dtype=torch.uint8)}
+        heads(features, [PROPOSALS.clone(), PROPOSALS.clone()], [(SIZE, SIZE)] * 2,
+              targets() + [empty])
+        counts.append(sum(len(r) for r in spy["mask_rois"]))
+    assert counts == [len(EXPECTED[mask_iou][0])] * 2
+    got = heads.diagnostics.read()
+    assert got["mask_rois"] == pytest.approx(sum(counts) / 2 / 2)  # per image, per iteration
+    assert heads.diagnostics.read()["props_iou50"] is None  # a read starts a new window
+
+
 def test_images_without_ground_truth_have_no_mask_positive():
     heads = mask_heads(held_t(0.0))
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),

@@ -33,7 +33,7 @@ from dynrcnn.study.settings import (
     metrics_path,
     pending_evals,
 )
-from dynrcnn.study.stats import COLUMNS, paired_difference, verdict
+from dynrcnn.study.stats import COLUMNS, SEGM_COLUMNS, paired_difference, verdict
 
 DEFAULT_ARMS = ("baseline", "dla_dsl", "t060")
 REPORT_COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90")
@@ -260,7 +260,7 @@ def report(jobs: Sequence[Job], spec: StudySpec, command: str) -> str:
                                     jobs[0].config.data_paths()["val_ann"])}
     path = os.path.join(spec.out_dir, "report.md")
     text = report_study(jobs, path, info, command,
-                        columns=REPORT_COLUMNS + (("segm AP",) if masks else ()),
+                        columns=REPORT_COLUMNS + (SEGM_COLUMNS if masks else ()),
                         metrics_of=lambda j: metrics_path(j.run_dir, j.config, split, OWN))
     text = _add_best_fixed(jobs, split, info["images"], path)
     if spec.test_settings:
@@ -276,7 +276,7 @@ def _add_best_fixed(jobs: Sequence[Job], split: str, images: int, path: str) -> 
     runs = collect_runs([j for j in jobs if j.finished()],
                         lambda j, s: metrics_path(j.run_dir, j.config, s, OWN),
                         tuple(dict.fromkeys(("val", split))))
-    columns = REPORT_COLUMNS + (("segm AP",) if any(j.arm.arch in MASK_ARCHS for j in jobs)
+    columns = REPORT_COLUMNS + (SEGM_COLUMNS if any(j.arm.arch in MASK_ARCHS for j in jobs)
                                 else ())
     lines = best_fixed_section(runs, split, images, columns)
     with open(path) as f:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from dynrcnn.study.arms import ARMS, fixed_threshold
-from dynrcnn.study.stats import PairedDiff, diff_cell, paired_difference, verdict
+from dynrcnn.study.stats import PairedDiff, diff_cell, paired_difference, segm_columns, verdict
 
 VERDICT_COLUMNS = ("AP", "AP50", "AP90")  # where users look: the whole, the cost, the gain
 
@@ -34,15 +34,14 @@ class ArmRuns:
 
 
 def read_percent(path: str) -> Optional[Dict[str, float]]:
-    """The bbox metrics of a metrics.json in percent (segm AP added when present)."""
+    """The bbox metrics of a metrics.json in percent (SEGM_COLUMNS added when present)."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         data = json.load(f)
     bbox = data.get("bbox", data)
     out = {k: 100.0 * float(v) for k, v in bbox.items() if isinstance(v, (int, float))}
-    if isinstance(data.get("segm"), dict) and "AP" in data["segm"]:
-        out["segm AP"] = 100.0 * float(data["segm"]["AP"])
+    out.update({k: 100.0 * v for k, v in segm_columns(data).items()})
     return out
 
 

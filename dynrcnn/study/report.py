@@ -23,6 +23,7 @@ from dynrcnn.study.stats import (
     diff_cell,
     paired_difference,
     per_seed_text,
+    segm_columns,
     summarize,
     verdict,
 )
@@ -55,12 +56,10 @@ def load_result(arm: str, seed: int, run_dir: str, iterations: int,
     """RunResult of a finished run directory: its final metrics (or those of
     `metrics_file`, e.g. the test split's) in `columns`, and `rows`, its log.jsonl records
     (read once by the caller, which also plots them). A "segm AP" column reads the segm
-    metrics of a mask detector."""
+    metrics of a mask detector (likewise "segm AP50", "segm AP75": SEGM_COLUMNS)."""
     with open(metrics_file or final_metrics_path(run_dir, iterations)) as f:
         data = json.load(f)
-    bbox = dict(data.get("bbox", data))
-    if "segm" in data:
-        bbox["segm AP"] = data["segm"].get("AP")
+    bbox = {**data.get("bbox", data), **segm_columns(data)}
     cut = max(1, round(EARLY_FRACTION * iterations))
     early = [r for r in rows if r["iteration"] <= cut] or rows[:1]
     late = [r for r in rows if r["iteration"] > iterations - cut] or rows[-1:]

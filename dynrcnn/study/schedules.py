@@ -38,7 +38,14 @@ from dynrcnn.study.comparator import (
     dynamic_arms,
 )
 from dynrcnn.study.settings import OWN, metrics_path
-from dynrcnn.study.stats import VERDICT_RULES, diff_cell, paired_difference, summarize, verdict
+from dynrcnn.study.stats import (
+    SEGM_COLUMNS,
+    VERDICT_RULES,
+    diff_cell,
+    paired_difference,
+    summarize,
+    verdict,
+)
 
 SCHEDULE_DIR = "iters_{}"
 
@@ -155,7 +162,7 @@ def schedule_report(req: Any, schedules: Sequence[Schedule]) -> str:
     info = spec_info(schedules[0].spec)
     images = _count_images(schedules[0].spec.test_ann if split == "test"
                            else info["data"]["val"])
-    columns = list(REPORT_COLUMNS) + (["segm AP"] if any(
+    columns = list(REPORT_COLUMNS) + (list(SEGM_COLUMNS) if any(
         "segm AP" in m for r in runs.values() for a in r.values()
         for m in a.metrics.get(split, {}).values()) else [])
     arms = list(dict.fromkeys(a for s in schedules for a in s.spec.arms))

@@ -66,3 +66,32 @@ def test_resume_without_checkpoint_starts_fresh_and_finished_run_is_noop(tmp_pat
     assert again.start_iter == 2
     summary = again.train()
     assert summary["iterations"] == 2 and summary["start_iter"] == 2
+
+
+def test_resume_warns_on_a_changed_field_and_not_on_one_the_checkpoint_predates(
+        tmp_path, fake_coco):
+    """A field added after the checkpoint was written (DynamicConfig.mask_iou) is compared
+    at its default, not as a change; a real change is named."""
+    import warnings as w
+
+    import torch
+
+    train_ds, _ = fake_coco
+    run_dir = str(tmp_path / "run")
+    Trainer(small_config(run_dir, iterations=3), train_dataset=train_ds).train()
+    checkpoints = [n for n in os.listdir(run_dir) if n.startswith("model_")]
+    assert checkpoints
+    for name in checkpoints:
+        path = os.path.join(run_dir, name)
+        ckpt = torch.load(path, weights_only=False)
+        del ckpt["config"]["dynamic"]["mask_iou"]  # as written before the field existed
+        torch.save(ckpt, path)
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        Trainer(small_config(run_dir, iterations=6, resume=True), train_dataset=train_ds)
+    changes = [str(x.message) for x in caught if "config differs" in str(x.message)]
+    assert changes == ["resume: config differs from the checkpoint's in iterations (3 -> 6); "
+                       "the optimizer and schedule continue from the checkpoint"]
+    with pytest.warns(RuntimeWarning, match=r"lr \(0.01 -> 0.02\)"):
+        Trainer(small_config(run_dir, iterations=6, lr=0.02, resume=True),
+                train_dataset=train_ds)

@@ -358,6 +358,19 @@ def config_from_dict(cls: Type[T], data: Dict[str, Any], _prefix: str = "") -> T
         raise UsageError(message) from exc
 
 
+def with_defaults(cls: Any, saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A checkpoint's config with the fields it predates filled in at their defaults (a
+    field added later, e.g. DynamicConfig.mask_iou, is not a change); as saved when it
+    does not load (a field this code does not know: compared as it is)."""
+    top = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(cls)}}
+    try:
+        filled = config_to_dict(config_from_dict(cls, top))
+    except (UsageError, TypeError, ValueError):
+        return saved
+    # top-level fields the checkpoint lacks stay absent (not compared), as before
+    return {k: filled.get(k, v) for k, v in saved.items()}
+
+
 def save_config(config: Any, path: str) -> None:
     """Write `config` (a config dataclass) to the file `path` as indented JSON, atomically (a
     reader never sees half a file); the per-invocation fields (resume, overwrite) are left

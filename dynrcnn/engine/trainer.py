@@ -45,9 +45,9 @@ from dynrcnn.engine.checkpoint import (
 from dynrcnn.engine.config import (
     TrainConfig,
     UsageError,
-    config_from_dict,
     config_to_dict,
     save_config,
+    with_defaults,
 )
 from dynrcnn.engine.distributed import (
     all_reduce_mean,
@@ -75,19 +75,6 @@ CHECKPOINT_FORMAT = 1
 _RESUME_FREE = {"resume", "overwrite", "progress", "plot", "num_workers", "log_period",
                 "eval_period", "checkpoint_period", "device", "keep_checkpoints",
                 "log_seconds"}
-
-
-def _with_defaults(cls: Any, saved: Dict[str, Any]) -> Dict[str, Any]:
-    """A checkpoint's config with the fields it predates filled in at their defaults (a
-    field added later, e.g. DynamicConfig.mask_iou, is not a change); as saved when it
-    does not load (a field this code does not know: compared as it is)."""
-    top = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(cls)}}
-    try:
-        filled = config_to_dict(config_from_dict(cls, top))
-    except (UsageError, TypeError, ValueError):
-        return saved
-    # top-level fields the checkpoint lacks stay absent (not compared), as before
-    return {k: filled.get(k, v) for k, v in saved.items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -228,7 +215,7 @@ class Trainer:
 
     def _warn_config_changes(self, saved: Dict[str, Any]) -> None:
         current = config_to_dict(self.config)
-        saved = _with_defaults(type(self.config), saved)
+        saved = with_defaults(type(self.config), saved)
         changed = sorted(k for k in current if k not in _RESUME_FREE and k in saved
                          and saved[k] != current[k])
         if changed and self.is_main:

@@ -260,3 +260,30 @@ def test_best_vs_best_needs_a_test_split_and_the_rpn(data) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == ("dynrcnn study: error: --model-kwargs: --best-vs-best sets "
                                    "the RPN of each candidate; leave out rpn_nms_thresh")
+
+
+def test_a_mask_study_reports_segm_columns_and_the_mask_rois(data) -> None:
+    """Mask arms: segm AP, AP50 and AP75 in report.json and the paired table, equal to the
+    metrics files; mask_rois (the RoIs per image the mask head trained on) in the
+    Figure-1 table, equal to the mean of the log's last window."""
+    done = dynrcnn("study", "--data-dir", "d", "--arms", "mask_baseline", "mask_dla_dsl_m50",
+                   "--seeds", "2", *TINY, "--log-period", "1", "--jobs", "2",
+                   "--out-dir", "s_masks", cwd=data)
+    assert "## Verdict" in done.stdout
+    out = data / "s_masks"
+    report = json.loads((out / "report.json").read_text())
+    for run in report["runs"]:
+        run_dir = out / run["arm"] / f"seed{run['seed']}"
+        segm = json.loads((run_dir / "eval_test_own" / "metrics.json").read_text())["segm"]
+        for column in ("AP", "AP50", "AP75"):
+            assert run[f"segm {column}"] == pytest.approx(100 * segm[column], abs=1e-9)
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        last = [r["mask_rois"] for r in rows if r["iteration"] > 4 - 1]  # the last 10%
+        assert run["late"]["mask_rois"] == pytest.approx(sum(last) / len(last))
+        assert all(r["mask_rois"] > 0 for r in rows)  # the gt copies train the mask head
+    text = (out / "report.md").read_text()
+    header = next(ln for ln in text.splitlines() if ln.startswith("| arm - reference | AP"))
+    assert header.endswith("| segm AP | segm AP50 | segm AP75 |")
+    assert "| mask_rois early |" in text and "| mask_rois end |" in text
+    assert re.search(r"^- mask_dla_dsl_m50 - mask_baseline: segm AP [+-]\d+\.\d \[", text,
+                     re.M)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from dynrcnn.study.choice import Candidate, choose, collect
+from dynrcnn.study.choice import Candidate, Choice, choose, collect
 from dynrcnn.study.settings import BEST_VS_BEST_SETTINGS, SETTING_TEXT, STUDY_SETTINGS
 from dynrcnn.study.stats import PairedDiff, paired_difference
 
@@ -100,11 +100,11 @@ def by_seed(runs: Sequence[Dict[str, Any]], arm: str, column: str) -> Dict[int, 
     return {int(r["seed"]): float(r[column]) for r in runs if r["arm"] == arm}
 
 
-def best_vs_best(results: Path, archives: Sequence[str], arms: Sequence[str],
-                 columns: Sequence[str] = COLUMNS, settings: Sequence[str] = STUDY_SETTINGS
-                 ) -> Tuple[Dict[str, Candidate], List[int]]:
-    """Each arm's chosen candidate over the archives (dynrcnn.study.choice) and the seeds.
-    An archive named "NAME:arm,arm" gives only those arms' candidates (a study whose other
+def best_choice(results: Path, archives: Sequence[str], arms: Sequence[str],
+                columns: Sequence[str] = COLUMNS, settings: Sequence[str] = STUDY_SETTINGS
+                ) -> Choice:
+    """Each arm's choice among its candidates over the archives (dynrcnn.study.choice). An
+    archive named "NAME:arm,arm" gives only those arms' candidates (a study whose other
     arms were retrained elsewhere)."""
     columns = tuple(dict.fromkeys((*COLUMNS, *columns)))
     candidates: List[Candidate] = []
@@ -115,18 +115,20 @@ def best_vs_best(results: Path, archives: Sequence[str], arms: Sequence[str],
     keys = [(c.arm, c.trained, c.tested, c.fine_tuned) for c in candidates]
     if len(set(keys)) != len(keys):
         raise ValueError(f"two archives of {archives} hold the same candidate")
-    choice = choose(candidates, arms)
-    _LAST_CHOICE[tuple(archives)] = choice
+    return choose(candidates, arms)
+
+
+def best_vs_best(results: Path, archives: Sequence[str], arms: Sequence[str],
+                 columns: Sequence[str] = COLUMNS, settings: Sequence[str] = STUDY_SETTINGS
+                 ) -> Tuple[Dict[str, Candidate], List[int]]:
+    """Each arm's chosen candidate over the archives (best_choice) and the seeds."""
+    choice = best_choice(results, archives, arms, columns, settings)
     return choice.chosen, choice.seeds
 
 
-_LAST_CHOICE: Dict[Tuple[str, ...], Any] = {}  # best_vs_best's Choice, for val_margin
-
-
-def val_margin(archives: Sequence[str], arm: str) -> Optional[float]:
+def val_margin(choice: Choice, arm: str) -> Optional[float]:
     """How much the arm's chosen candidate beat its runner-up on val (mean AP over the
-    choice's seeds) in the last best_vs_best over `archives`; None with one candidate."""
-    choice = _LAST_CHOICE[tuple(archives)]
+    choice's seeds); None with one candidate."""
     means = sorted((c.mean("val", "AP", choice.seeds) for c in choice.candidates
                     if c.arm == arm), reverse=True)
     return means[0] - means[1] if len(means) > 1 else None
@@ -159,10 +161,11 @@ def glance(results: Path, reference: str = "baseline",
                             for c in columns)])
     for name in sets:
         spec = SETS[name]
-        chosen, seeds = best_vs_best(results, spec["archives"], ["dla_dsl", reference],
-                                     columns, spec.get("settings", STUDY_SETTINGS))
+        choice = best_choice(results, spec["archives"], ["dla_dsl", reference], columns,
+                             spec.get("settings", STUDY_SETTINGS))
+        chosen, seeds = choice.chosen, choice.seeds
         diffs = {c: test_diff(chosen, seeds, "dla_dsl", reference, c) for c in columns}
-        margins = [val_margin(spec["archives"], a) for a in ("dla_dsl", reference)]
+        margins = [val_margin(choice, a) for a in ("dla_dsl", reference)]
         picks = " / ".join("-" if m is None else f"{m:.1f}" for m in margins)
         rows.append([spec["text"], picks, str(len(seeds)), *(cell(diffs[c]) for c in columns)])
         out.append({"set": name, "seeds": seeds, **{c: diff_row(d) for c, d in diffs.items()},

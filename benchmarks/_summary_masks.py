@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from _summary_regimes import quote, word
 from _summary_tables import Table, cell, diff_row, markdown_table
 
-from dynrcnn.study.comparator import ArmRuns, read_percent
+from dynrcnn.study.comparator import ArmRuns
+from dynrcnn.study.settings import read_percent
 from dynrcnn.study.stats import PairedDiff, paired_difference
 
 # (archive under results/, what the set is): both sets, 3 seeds, 500 val and 500 test images

@@ -15,7 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from dynrcnn.study.comparator import ArmRuns, choose_fixed, differences, read_percent
+from dynrcnn.study.comparator import ArmRuns, choose_fixed, differences
+from dynrcnn.study.settings import read_percent
 from dynrcnn.study.stats import TIE_MARGIN, PairedDiff, paired_difference
 
 # (archive under results/, schedule, regime text, its label in "1x / 2x")

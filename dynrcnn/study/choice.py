@@ -13,15 +13,14 @@ reporting on test keeps the choice from flattering whichever arm has more candid
 from __future__ import annotations
 
 import glob
-import json
 import os
 import statistics
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from dynrcnn.study.arms import BASELINE
 from dynrcnn.study.layout import JOB_FILE
-from dynrcnn.study.settings import SETTING_TEXT, metrics_path, own_setting
+from dynrcnn.study.settings import SETTING_TEXT, metrics_path, own_setting, read_percent
 from dynrcnn.study.stats import (
     COLUMNS,
     PER_SEED_COLUMNS,
@@ -55,15 +54,6 @@ class Candidate:
         return statistics.fmean(self.metrics[split][s][column] for s in seeds)
 
 
-def _read_bbox(path: str, columns: Sequence[str] = COLUMNS) -> Optional[Dict[str, float]]:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        data = json.load(f)
-    bbox = data.get("bbox", data)
-    return {c: 100.0 * float(bbox[c]) for c in columns}
-
-
 def collect(study_dirs: Sequence[str], arms: Sequence[str], settings: Sequence[str],
             columns: Sequence[str] = COLUMNS) -> List[Candidate]:
     """Every candidate of `arms` found in the study directories (runs with a job.json),
@@ -91,9 +81,10 @@ def collect(study_dirs: Sequence[str], arms: Sequence[str], settings: Sequence[s
                     key = (arm, trained, tested, fine_tuned)
                     cand = found.setdefault(key, Candidate(arm, trained, tested, fine_tuned))
                     for split in ("val", "test"):
-                        bbox = _read_bbox(metrics_path(run_dir, config, split, tested), columns)
-                        if bbox is not None:
-                            cand.metrics.setdefault(split, {})[seed] = bbox
+                        got = read_percent(metrics_path(run_dir, config, split, tested))
+                        if got is not None:
+                            cand.metrics.setdefault(split, {})[seed] = {
+                                c: got[c] for c in columns}
     return list(found.values())
 
 

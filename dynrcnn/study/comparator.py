@@ -10,14 +10,13 @@ the held-out test split (val when there is none), paired by seed.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from dynrcnn.study.arms import ARMS, fixed_threshold
-from dynrcnn.study.stats import PairedDiff, diff_cell, paired_difference, segm_columns, verdict
+from dynrcnn.study.settings import read_percent
+from dynrcnn.study.stats import PairedDiff, diff_cell, paired_difference, verdict
 
 VERDICT_COLUMNS = ("AP", "AP50", "AP90")  # where users look: the whole, the cost, the gain
 
@@ -31,18 +30,6 @@ class ArmRuns:
 
     def column(self, split: str, col: str) -> Dict[int, float]:
         return {s: m[col] for s, m in self.metrics.get(split, {}).items() if col in m}
-
-
-def read_percent(path: str) -> Optional[Dict[str, float]]:
-    """The bbox metrics of a metrics.json in percent (SEGM_COLUMNS added when present)."""
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        data = json.load(f)
-    bbox = data.get("bbox", data)
-    out = {k: 100.0 * float(v) for k, v in bbox.items() if isinstance(v, (int, float))}
-    out.update({k: 100.0 * v for k, v in segm_columns(data).items()})
-    return out
 
 
 def collect_runs(jobs: Sequence[Any], metrics_of: Callable[[Any, str], str],

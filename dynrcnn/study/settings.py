@@ -22,6 +22,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dynrcnn.study.layout import RUN_FILE, final_metrics_path
+from dynrcnn.study.stats import segm_columns
 
 # The test-time RPN of each setting: proposals kept per image after NMS, and the NMS IoU.
 TEST_SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -137,3 +138,15 @@ def evaluate_setting(run_dir: str, config: Any, split: str, setting: str,
         weights=weights or os.path.join(run_dir, "model_final.pth"), val_images=images,
         val_ann=ann, model_kwargs=dict(TEST_SETTINGS.get(setting, {})), out_dir=out,
         batch_size=2, num_workers=0, device=device, progress=False))
+
+
+def read_percent(path: str) -> Optional[Dict[str, float]]:
+    """The bbox metrics of a metrics.json in percent (SEGM_COLUMNS added when present)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    bbox = data.get("bbox", data)
+    out = {k: 100.0 * float(v) for k, v in bbox.items() if isinstance(v, (int, float))}
+    out.update({k: 100.0 * v for k, v in segm_columns(data).items()})
+    return out

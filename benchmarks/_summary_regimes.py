@@ -15,6 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import _summary_tables as st
+
 from dynrcnn.study.comparator import ArmRuns, choose_fixed, differences
 from dynrcnn.study.settings import read_percent
 from dynrcnn.study.stats import TIE_MARGIN, PairedDiff, paired_difference
@@ -170,15 +172,8 @@ SCENES = ("Fashion-MNIST scenes (28 x 28 grey product images pasted on generated
           "after NMS 0.85)")
 
 
-def _table_module():
-    import _summary_tables
-
-    return _summary_tables
-
-
 def glance(results: Path) -> Any:
     """The README's table: Dynamic R-CNN minus the best fixed T per regime (+ the paper)."""
-    st = _table_module()
     rows = regime_rows(results)
     lines = [[r["text"], comparator_text(r), str(_seeds(r)),
               *(st.cell(r["diffs"][c]) for c in GLANCE_COLUMNS)] for r in rows]
@@ -194,7 +189,6 @@ def glance(results: Path) -> Any:
 
 def regimes_columns(results: Path) -> Any:
     """Every column, against the best fixed T and against T 0.5 (the paper's baseline)."""
-    st = _table_module()
     rows = regime_rows(results)
     lines = []
     for r in rows:
@@ -211,7 +205,6 @@ def regimes_columns(results: Path) -> Any:
 
 def regimes_arms(results: Path) -> Any:
     """Each arm's test AP..AP90 per regime (mean ± sd over seeds), and its val AP."""
-    st = _table_module()
     lines, out = [], []
     for r in regime_rows(results):
         for arm in ARMS:
@@ -236,7 +229,6 @@ def regimes_arms(results: Path) -> Any:
 
 def regimes_doubling(results: Path) -> Any:
     """What doubling the schedule did to each arm (the same arm and seed, 2x minus 1x)."""
-    st = _table_module()
     lines, out = [], []
     for short, long in pairs_of_schedules(regime_rows(results)):
         for arm in ARMS:
@@ -257,7 +249,6 @@ def regimes_doubling(results: Path) -> Any:
 
 def regimes_words(results: Path) -> Any:
     """The README's sentences under the table: one per regime, words by the rule."""
-    st = _table_module()
     rows = regime_rows(results)
     bullets = [f"- {answer(rows)}"] if rows else []
     bullets += [f"- {regime_sentence(r)}" for r in rows]
@@ -278,7 +269,6 @@ def regimes_words(results: Path) -> Any:
 
 def pretrain(results: Path) -> Any:
     """The pretrained trunk (pretrain_trunk.py's report)."""
-    st = _table_module()
     pre = load_pretrain_report(results)
     rows = [] if pre is None else [[
         "tiny_fpn, Fashion-MNIST training file", str(pre["train_images"]),
@@ -304,7 +294,6 @@ REGIME_TABLES = {
 def plot_ap_vs_iou(results: Path, out: Path) -> None:
     """AP at IoU 0.5 .. 0.9 of the best baseline and Dynamic R-CNN (test, mean over seeds),
     one panel per data set (the synthetic sets, against the best T 0.5)."""
-    st = _table_module()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -185,6 +185,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                            best_vs_best=args.best_vs_best, schedules=schedules,
                            command=f"{PROG} study {shlex.join(args.argv)}")
     mode = "plan" if args.plan else "report" if args.report else "run"
+    if schedules is not None:  # each schedule a study of its own, one report over them
+        from dynrcnn.study.schedules import run_schedules
+
+        return run_schedules(request, mode, echo=_print)
     return run(request, mode, echo=_print)
 
 

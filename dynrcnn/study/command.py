@@ -256,7 +256,7 @@ def report(jobs: Sequence[Job], spec: StudySpec, command: str) -> str:
     split = "test" if spec.test_ann else "val"
     masks = any(j.arm.arch in MASK_ARCHS for j in jobs)
     info = {**spec_info(spec), "split": split,
-            "images": _count_images(spec.test_ann if split == "test" else
+            "images": count_images(spec.test_ann if split == "test" else
                                     jobs[0].config.data_paths()["val_ann"])}
     path = os.path.join(spec.out_dir, "report.md")
     text = report_study(jobs, path, info, command,
@@ -393,7 +393,7 @@ def common_config(given: Dict[str, Any], config_file: Optional[str],
     return base
 
 
-def _count_images(ann: Optional[str]) -> int:
+def count_images(ann: Optional[str]) -> int:
     if not ann:
         return 0
     with open(ann) as f:
@@ -402,11 +402,11 @@ def _count_images(ann: Optional[str]) -> int:
 
 def run(req: StudyRequest, mode: str = "run", echo: Callable[[str], None] = print) -> int:
     """The command: mode "run" (train what is pending, then report), "plan" (print the
-    commands) or "report" (no training). Returns the exit status."""
+    commands) or "report" (no training). Returns the exit status. A request with several
+    schedules is dynrcnn.study.schedules.run_schedules' (the layer above this one)."""
     if req.schedules is not None:
-        from dynrcnn.study.schedules import run_schedules
-
-        return run_schedules(req, mode, echo)
+        raise ValueError("a request with several schedules goes to "
+                         "dynrcnn.study.schedules.run_schedules")
     spec = build_spec(req)
     jobs, every = study_jobs(spec)
     if mode == "plan":

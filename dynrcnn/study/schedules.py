@@ -27,7 +27,19 @@ from typing import Any, Callable, Dict, List, Sequence
 
 from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.engine.config import UsageError
-from dynrcnn.study.arms import BASELINE, MASK_BASELINE
+from dynrcnn.study.arms import ARMS, BASELINE, MASK_BASELINE
+from dynrcnn.study.command import (
+    REPORT_COLUMNS,
+    build_spec,
+    count_images,
+    evaluate_finished,
+    plan_commands,
+    print_plan,
+    report,
+    report_written,
+    spec_info,
+    study_jobs,
+)
 from dynrcnn.study.comparator import (
     VERDICT_COLUMNS,
     ArmRuns,
@@ -37,6 +49,8 @@ from dynrcnn.study.comparator import (
     differences,
     dynamic_arms,
 )
+from dynrcnn.study.report import git_commit, hardware
+from dynrcnn.study.runner import Runner
 from dynrcnn.study.settings import OWN, metrics_path
 from dynrcnn.study.stats import (
     SEGM_COLUMNS,
@@ -84,8 +98,6 @@ class Schedule:
 
 def schedules_of(req: Any) -> List[Schedule]:
     """One Schedule per value of req.schedules, each an ordinary study request."""
-    from dynrcnn.study.command import build_spec, study_jobs
-
     out = []
     for n in check_schedules(req.schedules):
         sub = dataclasses.replace(req, out_dir=schedule_dir(req.out_dir, n), schedules=None,
@@ -104,15 +116,6 @@ def _tagged(jobs: Sequence[Any], iterations: int) -> List[Any]:
 
 def run_schedules(req: Any, mode: str, echo: Callable[[str], None]) -> int:
     """`dynrcnn study` with several --iterations: mode "run", "plan" or "report"."""
-    from dynrcnn.study.command import (
-        evaluate_finished,
-        plan_commands,
-        print_plan,
-        report,
-        report_written,
-    )
-    from dynrcnn.study.runner import Runner
-
     schedules = schedules_of(req)
     if mode == "plan":
         lines: List[str] = []
@@ -153,14 +156,12 @@ def _mean_sd(values: Sequence[float]) -> str:
 
 def schedule_report(req: Any, schedules: Sequence[Schedule]) -> str:
     """Writes out_dir/report.md, report.json and report_schedules.png; returns the text."""
-    from dynrcnn.study.command import REPORT_COLUMNS, _count_images, spec_info
-    from dynrcnn.study.report import git_commit, hardware
 
     out_dir = os.path.abspath(req.out_dir)
     split = _split(schedules)
     runs = {s.iterations: s.runs(split) for s in schedules}
     info = spec_info(schedules[0].spec)
-    images = _count_images(schedules[0].spec.test_ann if split == "test"
+    images = count_images(schedules[0].spec.test_ann if split == "test"
                            else info["data"]["val"])
     columns = list(REPORT_COLUMNS) + (list(SEGM_COLUMNS) if any(
         "segm AP" in m for r in runs.values() for a in r.values()
@@ -291,7 +292,6 @@ def _comparisons(schedules: Sequence[Schedule], runs: Dict[int, Dict[str, ArmRun
 
 
 def _arm_objects(runs: Dict[str, ArmRuns]) -> List[Any]:
-    from dynrcnn.study.arms import ARMS
 
     return [ARMS[a] for a in runs if a in ARMS]
 

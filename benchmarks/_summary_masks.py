@@ -163,6 +163,15 @@ def masks_arms(results: Path) -> Table:
                        lines, right=len(HEADER) + 3), out)
 
 
+def _rois_sentence(data: Dict[str, Any]) -> str:
+    """How many RoIs per image each mask head trained on over the last 10% of training."""
+    ends = {arm: [r[1] for r in data["rois"].get(arm, []) if r[1] is not None] for arm in ARMS}
+    if not all(ends.values()):
+        return ""
+    text = ", ".join(f"{ARM_TEXT[a]} {statistics.fmean(v):.1f}" for a, v in ends.items())
+    return f" RoIs per image the mask head trained on at the end of training: {text}."
+
+
 def masks_words(results: Path) -> Table:
     """The sentences on what a Mask R-CNN user gets (README, docs): words by the rule."""
     found = sets(results)
@@ -174,7 +183,7 @@ def masks_words(results: Path) -> Table:
             parts.append(f"{ARM_TEXT[arm]}: segm AP {quote(segm)} "
                          f"({word(segm)}), box AP90 {quote(ap90)} ({word(ap90)})")
         bullets.append(f"- {text} ({_setting(data)}), against Mask R-CNN: "
-                       + "; ".join(parts) + ".")
+                       + "; ".join(parts) + "." + _rois_sentence(data))
     default = mask_default(results)
     if len(found) < len(MASK_SETS):
         bullets.append("- Not every mask set has run: the default stays the paper's "

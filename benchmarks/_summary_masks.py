@@ -26,7 +26,7 @@ from dynrcnn.study.stats import PairedDiff, paired_difference
 
 # (archive under results/, what the set is): both sets, 3 seeds, 500 val and 500 test images
 MASK_SETS: Tuple[Tuple[str, str], ...] = (
-    ("study_masks_shapes_cpu", "shapes with masks, from scratch"),
+    ("study_masks_shapes_cpu", "Shapes with masks, from scratch"),
     ("study_fashion_masks_pretrained_cpu", "Fashion scenes with masks, pretrained trunk"),
 )
 BASE, AT_T, FIXED = "mask_baseline", "mask_dla_dsl", "mask_dla_dsl_m50"
@@ -191,7 +191,8 @@ def masks_words(results: Path) -> Table:
     elif default is not None:
         bullets.append(f"- On every set the mask head at IoU >= {default} has no resolved "
                        "segm AP cost against Mask R-CNN and keeps the box AP90 gain, so it "
-                       "is Dynamic Mask R-CNN's default (`--dynamic-mask-iou`).")
+                       "is Dynamic Mask R-CNN's default (`--dynamic-mask-iou 0.5`; `none` "
+                       "puts the mask head back at T).")
     else:
         failed = [text for text, data in found if not passes(data)]
         bullets.append("- The mask head at IoU >= 0.5 does not meet the rule (no resolved "

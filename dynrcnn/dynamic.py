@@ -56,6 +56,13 @@ before any t_cap run: a fixed T of 0.6 lost no mid-IoU column in the paper's pro
 the jittered set, where DLA's T (0.69-0.71 there) did."""
 BASELINE_IOU = 0.5
 """Faster R-CNN's foreground threshold, the variants' reference."""
+MASK_IOU_DEFAULT: Optional[float] = 0.5
+"""DynamicConfig.mask_iou's default: the mask head of Dynamic Mask R-CNN trains on Mask
+R-CNN's positives (IoU >= 0.5), not on DLA's (issue 36's rule, docs/accuracy.md "Dynamic
+Mask R-CNN"; tests/test_summary.py holds it to the committed evidence)."""
+MASK_IOU_BEFORE = None
+"""What a saved config without mask_iou (written before the field existed) trained with:
+the classifier's positives (a resume compares with it, so the change is said)."""
 
 
 def classifier_threshold(variant: str, iou_thr: Tensor) -> Tensor:
@@ -157,16 +164,17 @@ class DynamicConfig:
         above T_CAP (0.6): DLA's rise, without its last 0.1 (init_iou and iou_floor must
         not exceed the cap).
 
-    mask_iou: the RoIs the mask head of Dynamic Mask R-CNN trains on (issue 36). None (the
-        default, the paper's algorithm as applied so far): the classifier's positives, so
-        the mask head follows T. A number in [0, 1], e.g. 0.5 (Mask R-CNN's definition):
-        among the RoIs the sampler drew for the box head, those whose best IoU with a
+    mask_iou: the RoIs the mask head of Dynamic Mask R-CNN trains on (issue 36). A number
+        in [0, 1]; the default MASK_IOU_DEFAULT (0.5) is Mask R-CNN's definition: among
+        the RoIs the sampler drew for the box head, those whose best IoU with a
         ground-truth box of their image is >= mask_iou, whatever T is, each with the mask
         of that box (the one it overlaps most); ground-truth copies always. So a drawn RoI
         with mask_iou <= IoU < T is background for the classifier, not regressed, and a
         mask positive; nothing else is sampled. The classifier and the regressor keep T.
-        Training only: inference and exports do not change. Ignored (with a warning) by
-        a detector without a mask branch.
+        None: the classifier's positives, so the mask head follows T (the paper's
+        algorithm applied as is; `--dynamic-mask-iou none`). Training only: inference and
+        exports do not change. A detector without a mask branch ignores it (with a
+        warning when it is set to anything but the default or None).
     """
 
     k_iou: int = 75
@@ -182,7 +190,7 @@ class DynamicConfig:
     update_beta: bool = True
     stats_with_gt: bool = False
     variant: str = "paper"
-    mask_iou: Optional[float] = None
+    mask_iou: Optional[float] = MASK_IOU_DEFAULT
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

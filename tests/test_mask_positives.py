@@ -26,7 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou  # noqa: E402
 import dynrcnn.engine  # noqa: E402
 import dynrcnn.modeling.dynamic_roi_heads as dyn_heads_module  # noqa: E402
 from dynrcnn.cli import main  # noqa: E402
-from dynrcnn.dynamic import DynamicConfig  # noqa: E402
+from dynrcnn.dynamic import MASK_IOU_DEFAULT, DynamicConfig  # noqa: E402
 from dynrcnn.engine import TrainConfig, load_config, save_config  # noqa: E402
 from dynrcnn.modeling import DynamicRoIHeads  # noqa: E402
 from dynrcnn.modeling.torchvision_io import make_dynamic, to_torchvision  # noqa: E402
@@ -163,12 +163,19 @@ def test_invalid_values_name_the_field():
     for bad in (1.5, -0.1, float("nan"), "0.5", True):
         with pytest.raises(ValueError, match="mask_iou"):
             DynamicConfig(mask_iou=bad)
-    assert DynamicConfig(mask_iou=1).mask_iou == 1.0 and DynamicConfig().mask_iou is None
+    assert DynamicConfig(mask_iou=1).mask_iou == 1.0
+    assert DynamicConfig(mask_iou=None).mask_iou is None
+    assert DynamicConfig().mask_iou == MASK_IOU_DEFAULT == 0.5  # issue 36's rule decided it
 
 
-def test_a_detector_without_a_mask_branch_warns():
-    with pytest.warns(RuntimeWarning, match="mask_iou=0.5 is ignored"):
-        build("dynamic_rcnn", dynamic=DynamicConfig(mask_iou=0.5))
+def test_a_detector_without_a_mask_branch_warns_when_set_to_something_else(recwarn):
+    with pytest.warns(RuntimeWarning, match="mask_iou=0.6 is ignored"):
+        build("dynamic_rcnn", dynamic=DynamicConfig(mask_iou=0.6))
+    recwarn.clear()
+    # the default (or None, the mask head at T) is no request a box detector ignores
+    build("dynamic_rcnn", dynamic=DynamicConfig())
+    build("dynamic_rcnn", dynamic=DynamicConfig(mask_iou=None))
+    assert not [w for w in recwarn if "mask_iou" in str(w.message)]
 
 
 def test_make_dynamic_on_torchvision_mask_rcnn():
@@ -176,6 +183,10 @@ def test_make_dynamic_on_torchvision_mask_rcnn():
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,
                                   min_size=64, max_size=64)
     stock = copy.deepcopy(model.state_dict())
+    # without a config: the same choice as the detector built here (the default, 0.5)
+    default = make_dynamic(copy.deepcopy(model)).roi_heads.dynamic_state.config.mask_iou
+    built = build("dynamic_mask_rcnn").roi_heads.dynamic_state.config.mask_iou
+    assert default == built == MASK_IOU_DEFAULT
     make_dynamic(model, held_t(0.5))
     heads = model.roi_heads
     assert isinstance(heads, DynamicRoIHeads) and heads.dynamic_state.config.mask_iou == 0.5
@@ -202,8 +213,8 @@ def test_make_dynamic_on_torchvision_mask_rcnn():
 
 def test_inference_is_unchanged():
     """Same weights, same detections and masks; the option is not in the state_dict."""
-    plain = build("dynamic_mask_rcnn").eval()
-    fixed = build("dynamic_mask_rcnn", dynamic=DynamicConfig(mask_iou=0.5)).eval()
+    plain = build("dynamic_mask_rcnn", dynamic=DynamicConfig(mask_iou=None)).eval()
+    fixed = build("dynamic_mask_rcnn").eval()  # the default: mask_iou 0.5
     assert plain.state_dict().keys() == fixed.state_dict().keys()
     torch.testing.assert_close(plain.state_dict(), fixed.state_dict(), rtol=0, atol=0,
                                equal_nan=True)  # NaN: the empty histories
@@ -228,5 +239,7 @@ def test_the_option_reaches_the_cli_and_config_json(tmp_path, monkeypatch, capsy
     assert load_config(TrainConfig, str(path)) == seen[-1]
     assert main(["train", "--config", str(path), "--dynamic-mask-iou", "none"]) == 0
     assert seen[-1].dynamic.mask_iou is None
+    assert main(["train", "--arch", "dynamic_mask_rcnn"]) == 0
+    assert seen[-1].dynamic.mask_iou == 0.5  # the default
     assert main(["train", "--dynamic-mask-iou", "1.5"]) == 2
     assert "--dynamic-mask-iou" in capsys.readouterr().err

@@ -95,3 +95,21 @@ def test_resume_warns_on_a_changed_field_and_not_on_one_the_checkpoint_predates(
     with pytest.warns(RuntimeWarning, match=r"lr \(0.01 -> 0.02\)"):
         Trainer(small_config(run_dir, iterations=6, lr=0.02, resume=True),
                 train_dataset=train_ds)
+
+
+def test_a_mask_config_saved_before_mask_iou_compares_as_the_mask_head_at_t() -> None:
+    """with_defaults: a saved config without DynamicConfig.mask_iou trained its mask head
+    at T (mask_iou None), so resuming it with today's default (0.5) is a change to name;
+    without `before` the field is compared at its default."""
+    from dynrcnn.dynamic import MASK_IOU_BEFORE
+    from dynrcnn.engine import TrainConfig
+    from dynrcnn.engine.config import config_to_dict, with_defaults
+
+    saved = config_to_dict(TrainConfig(arch="dynamic_mask_rcnn"))
+    del saved["dynamic"]["mask_iou"]
+    del saved["seed"]  # a top-level field it lacks stays absent
+    mask = with_defaults(TrainConfig, saved, {"dynamic": {"mask_iou": MASK_IOU_BEFORE}})
+    assert mask["dynamic"]["mask_iou"] is None and "seed" not in mask
+    assert with_defaults(TrainConfig, saved)["dynamic"]["mask_iou"] == 0.5
+    saved["unknown_field"] = 1  # a newer config: compared as saved
+    assert with_defaults(TrainConfig, saved)["unknown_field"] == 1

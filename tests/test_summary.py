@@ -188,3 +188,21 @@ def test_cuda_behaviour_is_stated_as_by_design_until_a_gpu_ran_it():
         for number, line in enumerate((ROOT / file).read_text().splitlines(), 1):
             if pattern.search(line):
                 assert "not yet run on a GPU" in line, f"{file}:{number}: {line}"
+
+
+def test_the_mask_default_is_the_one_the_committed_evidence_supports():
+    """Issue 36's rule (benchmarks/_summary_masks.py): DynamicConfig.mask_iou's default is
+    0.5 only while the fixed mask head passes on every mask set; else the mask head
+    follows T. A new result that flips the rule fails here until the default follows."""
+    import _summary_masks
+
+    from dynrcnn.dynamic import MASK_IOU_DEFAULT, DynamicConfig
+
+    results = ROOT / "benchmarks" / "results"
+    assert DynamicConfig().mask_iou == MASK_IOU_DEFAULT == _summary_masks.mask_default(results)
+    found = _summary_masks.sets(results)
+    assert len(found) == len(_summary_masks.MASK_SETS)
+    for _, data in found:  # the rule read by hand from the pairs, as the docs state it
+        segm = _summary_masks.pair(data, "mask_dla_dsl_m50", "mask_baseline", "segm AP")
+        ap90 = _summary_masks.pair(data, "mask_dla_dsl_m50", "mask_baseline", "AP90")
+        assert _summary_masks.passes(data) == (segm.high >= 0 and ap90.low > 0)

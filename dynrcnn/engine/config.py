@@ -358,10 +358,16 @@ def config_from_dict(cls: Type[T], data: Dict[str, Any], _prefix: str = "") -> T
         raise UsageError(message) from exc
 
 
-def with_defaults(cls: Any, saved: Dict[str, Any]) -> Dict[str, Any]:
+def with_defaults(cls: Any, saved: Dict[str, Any],
+                  before: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """A checkpoint's config with the fields it predates filled in at their defaults (a
-    field added later, e.g. DynamicConfig.mask_iou, is not a change); as saved when it
-    does not load (a field this code does not know: compared as it is)."""
+    field added later is not a change), or, for the nested fields `before` names
+    ({"dynamic": {"mask_iou": None}}), at what a config without them meant; as saved
+    when it does not load (a field this code does not know: compared as it is)."""
+    saved = dict(saved)
+    for name, fields in (before or {}).items():
+        if isinstance(saved.get(name), dict):
+            saved[name] = {**fields, **saved[name]}
     top = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(cls)}}
     try:
         filled = config_to_dict(config_from_dict(cls, top))

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from dynrcnn.dynamic import MASK_IOU_BEFORE
 from dynrcnn.engine.builders import (
     build_model,
     build_train_dataset,
@@ -59,12 +60,7 @@ from dynrcnn.engine.distributed import (
 )
 from dynrcnn.engine.errors import Interrupted
 from dynrcnn.engine.logger import JsonlWriter, LossMonitor
-from dynrcnn.engine.sampling import (
-    AugmentedDataset,
-    ResumableBatchSampler,
-    collate,
-    move_to_device,
-)
+from dynrcnn.engine.sampling import AugmentedDataset, ResumableBatchSampler, collate, move_to_device
 from dynrcnn.engine.schedule import build_optimizer, build_scheduler
 from dynrcnn.modeling.dynamic_roi_heads import read_match_diagnostics
 
@@ -215,7 +211,11 @@ class Trainer:
 
     def _warn_config_changes(self, saved: Dict[str, Any]) -> None:
         current = config_to_dict(self.config)
-        saved = with_defaults(type(self.config), saved)
+        # a mask detector's config saved before mask_iou existed trained as mask_iou None
+        heads = getattr(getattr(self.model, "module", self.model), "roi_heads", None)
+        before = {"dynamic": {"mask_iou": MASK_IOU_BEFORE}} if hasattr(heads, "has_mask") \
+            and heads.has_mask() else None
+        saved = with_defaults(type(self.config), saved, before)
         changed = sorted(k for k in current if k not in _RESUME_FREE and k in saved
                          and saved[k] != current[k])
         if changed and self.is_main:

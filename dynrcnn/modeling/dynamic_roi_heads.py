@@ -18,8 +18,9 @@ Only training differs from Faster R-CNN, so only the training path is overridden
   `read_match_diagnostics`.
 - The box loss is `dynamic_smooth_l1` with the current beta, summed over the sampled
   positives and divided by the number of sampled RoIs, like torchvision's `fastrcnn_loss`.
-- The mask branch trains on the classifier's positives, or with `DynamicConfig.mask_iou` on
-  the sampled RoIs at IoU >= mask_iou whatever T is (`mask_targets`).
+- The mask branch trains on the sampled RoIs at IoU >= `DynamicConfig.mask_iou` (0.5 by
+  default) whatever T is (`mask_targets`), or with mask_iou None on the classifier's
+  positives (it then follows T).
 
 Inference is `RoIHeads.forward` unchanged, so a Dynamic R-CNN costs exactly what a Faster
 R-CNN does at test time and both give identical detections with identical weights.
@@ -37,6 +38,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 
 from dynrcnn.dynamic import (
     BASELINE_IOU,
+    MASK_IOU_DEFAULT,
     DynamicConfig,
     DynamicState,
     MatchDiagnostics,
@@ -204,7 +206,7 @@ class DynamicRoIHeads(RoIHeads):
         )
         self.dynamic_state = DynamicState(config)
         self.diagnostics = MatchDiagnostics()
-        if config.mask_iou is not None and not self.has_mask():
+        if config.mask_iou not in (None, MASK_IOU_DEFAULT) and not self.has_mask():
             warnings.warn(f"DynamicConfig.mask_iou={config.mask_iou} is ignored: the model "
                           "has no mask branch", RuntimeWarning, stacklevel=2)
 

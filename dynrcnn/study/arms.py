@@ -116,7 +116,8 @@ def fixed_threshold(arm: Arm) -> Optional[float]:
     t = arm.dynamic.get("init_iou")
     if t is None or arm.arch not in DYNAMIC_ARCHS or arm.schedule != 1.0:
         return None
-    return float(t) if arm.dynamic == fixed(t) else None
+    head = {k: v for k, v in arm.dynamic.items() if k != "mask_iou"}  # the box head's
+    return float(t) if head == fixed(t) else None
 
 
 _FIXED_T = fixed(0.5)
@@ -167,10 +168,13 @@ def _arms() -> Tuple[Arm, ...]:
               dynamic={"variant": v}, variant_of="dla_dsl")
           for v in VARIANTS if v != "paper"),
         # Mask R-CNN (data with masks): the same pair with a mask branch, box and segm AP
+        # mask_iou given in every mask arm: each arm means the same whatever the default
         Arm(MASK_BASELINE, "Mask", "Mask R-CNN: fixed T = 0.5, beta = 1, a mask branch",
-            arch="dynamic_mask_rcnn", dynamic=_FIXED_T, reference=MASK_BASELINE),
-        Arm("mask_dla_dsl", "Mask", "Dynamic Mask R-CNN (DLA + DSL, a mask branch)",
-            arch="dynamic_mask_rcnn", reference=MASK_BASELINE),
+            arch="dynamic_mask_rcnn", dynamic={**_FIXED_T, "mask_iou": None},
+            reference=MASK_BASELINE),
+        Arm("mask_dla_dsl", "Mask", "Dynamic Mask R-CNN, the mask head on the classifier's "
+            "positives (the paper's algorithm as is: it follows T)", arch="dynamic_mask_rcnn",
+            dynamic={"mask_iou": None}, reference=MASK_BASELINE),
         # the mask head's positives at IoU >= 0.5 as Mask R-CNN's, not at DLA's T
         Arm("mask_dla_dsl_m50", "Mask", "Dynamic Mask R-CNN, mask positives at IoU >= 0.5 "
             "(DynamicConfig.mask_iou)", arch="dynamic_mask_rcnn", dynamic={"mask_iou": 0.5},

@@ -176,8 +176,9 @@ def _arms() -> Tuple[Arm, ...]:
             "positives (the paper's algorithm as is: it follows T)", arch="dynamic_mask_rcnn",
             dynamic={"mask_iou": None}, reference=MASK_BASELINE),
         # the mask head's positives at IoU >= 0.5 as Mask R-CNN's, not at DLA's T
-        Arm("mask_dla_dsl_m50", "Mask", "Dynamic Mask R-CNN, mask positives at IoU >= 0.5 "
-            "(DynamicConfig.mask_iou)", arch="dynamic_mask_rcnn", dynamic={"mask_iou": 0.5},
+        Arm("mask_dla_dsl_m50", "Mask", "Dynamic Mask R-CNN as built by default: mask "
+            "positives at IoU >= 0.5 (DynamicConfig.mask_iou)", arch="dynamic_mask_rcnn",
+            dynamic={"mask_iou": 0.5},
             reference=MASK_BASELINE, variant_of="mask_dla_dsl"),
         # paired with the baseline at the same (doubled) schedule, not the 1x baseline
         Arm("dla_dsl_2x", "control", "DLA + DSL, twice the schedule", schedule=2.0,

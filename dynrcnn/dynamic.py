@@ -405,7 +405,12 @@ class MatchDiagnostics(nn.Module):
 
     @torch.no_grad()
     def observe_mask(self, num_rois: Tensor, num_images: int) -> None:
-        """Add one iteration's mask-head training RoIs (a 0-dim count on the device)."""
+        """Add one iteration's mask-head training RoIs to the window.
+
+        Args:
+            num_rois: 0-dim count (on the device) of the RoIs the mask head trained on.
+            num_images: the images in the batch (the count is per image).
+        """
         value = num_rois.detach().to(self.total.device).double().reshape(1)
         self._add(slice(len(self.names) - 1, len(self.names)), value / max(num_images, 1))
 

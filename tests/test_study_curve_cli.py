@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import experiment  # noqa: E402
 
 
+@pytest.mark.slow  # a benchmark harness (experiment.py --learning-curve), 11 s
 def test_learning_curve_writes_its_report(tmp_path) -> None:
     results = tmp_path / "curve.md"
     argv = ["--learning-curve", "--quick", "--longest", "4", "--steps", "2",

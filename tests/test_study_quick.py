@@ -145,6 +145,7 @@ def test_archived_run_is_retrained_for_evaluations_it_lacks(quick_study, tmp_pat
     assert "WARNING" not in read(os.path.join(run_dir, "train.log"))
 
 
+@pytest.mark.slow  # 20 s of make test for a harness path (experiment.py --finetune)
 def test_fine_tuning_study_starts_each_seed_from_its_source(quick_study, tmp_path) -> None:
     """Issue 18, point 5: --init-weights with {seed} starts every run of a study from the
     source detector of its seed (loaded before training, named in the run's log and in the

@@ -35,6 +35,7 @@ ARM_TEXT = {BASE: "Mask R-CNN", AT_T: "Dynamic, mask head at T",
             FIXED: "Dynamic, mask head at IoU 0.5"}
 PAIRS = ((AT_T, BASE), (FIXED, BASE), (FIXED, AT_T))
 COLUMNS = ("segm AP", "segm AP50", "segm AP75", "AP", "AP90")
+BOX_COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")  # the paper's Table 3 columns
 HEADER = ("segm AP", "segm AP50", "segm AP75", "box AP", "box AP90")
 EARLY = 0.1  # mask_rois early / end: the logged windows of the first / last 10%
 
@@ -90,7 +91,8 @@ def sets(results: Path) -> List[Tuple[str, Dict[str, Any]]]:
 
 
 def _setting(data: Dict[str, Any]) -> str:
-    return f"{data['iterations']} iterations, {data['images']} test images"
+    seeds = len(data["runs"][BASE].column("test", "AP"))
+    return f"{data['iterations']} iterations, {seeds} seeds, {data['images']} test images"
 
 
 def passes(data: Dict[str, Any]) -> bool:
@@ -133,6 +135,25 @@ def masks_pairs(results: Path) -> Table:
         "tiny_fpn, 128 px).",
         markdown_table(["set", "detectors", "seeds", *HEADER], lines, right=len(HEADER) + 1),
         out)
+
+
+def masks_box(results: Path) -> Table:
+    """The box columns of the paper's Table 3 on both mask sets, beside the paper's row."""
+    lines, out = [], []
+    for text, data in sets(results):
+        for arm, ref in PAIRS[:2]:
+            diffs = {c: pair(data, arm, ref, c) for c in BOX_COLUMNS}
+            n = next((d.n for d in diffs.values() if d is not None), 0)
+            lines.append([f"{text} ({_setting(data)})", f"{ARM_TEXT[arm]} - {ARM_TEXT[ref]}",
+                          str(n), *(cell(diffs[c]) for c in BOX_COLUMNS)])
+            out.append({"set": text, "pair": f"{arm} - {ref}",
+                        **{c: diff_row(d) for c, d in diffs.items()}})
+    return Table(
+        "Box AP of Dynamic Mask R-CNN minus Mask R-CNN (T 0.5) at every column of the "
+        "paper's Table 3, paired by seed, test split (the paper's row, boxes only, is in "
+        "docs/accuracy.md's \"best against best\" table).",
+        markdown_table(["set", "detectors", "seeds", *BOX_COLUMNS], lines,
+                       right=len(BOX_COLUMNS) + 1), out)
 
 
 def _mean_sd(values: Sequence[Optional[float]], digits: int = 1) -> str:
@@ -206,6 +227,7 @@ def masks_words(results: Path) -> Table:
 
 MASK_TABLES = {
     "masks_pairs": masks_pairs,
+    "masks_box": masks_box,
     "masks_arms": masks_arms,
     "masks_words": masks_words,
 }

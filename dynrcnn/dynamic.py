@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -380,12 +380,14 @@ class MatchDiagnostics(nn.Module):
         super().__init__()
         self.thresholds = tuple(float(t) for t in thresholds)
         self.names = ([f"props_iou{round(100 * t)}" for t in self.thresholds]
-                      + ["kth_iou", "kth_err", "mask_rois"])
+                      + ["kth_iou", "kth_err"])
         n = len(self.names)
         self.register_buffer("thr", torch.tensor(self.thresholds, dtype=torch.float32),
                              persistent=False)
         self.register_buffer("total", torch.zeros(n, dtype=torch.float64), persistent=False)
         self.register_buffer("valid", torch.zeros(n, dtype=torch.float64), persistent=False)
+        # mask_rois: a host count (the mask branch knows it on the host already)
+        self._mask_rois: List[float] = []
 
     @torch.no_grad()
     def observe(self, max_iou: Tensor, num_images: int, kth_iou: Tensor,
@@ -401,23 +403,19 @@ class MatchDiagnostics(nn.Module):
         counts = (max_iou.float().reshape(-1, 1) >= self.thr.reshape(1, -1)).sum(0)
         stats = torch.stack([self._reduce(kth_iou), self._reduce(kth_err)])
         values = torch.cat([counts.double() / max(num_images, 1), stats])
-        self._add(slice(0, len(self.names) - 1), values)
+        ok = ~torch.isnan(values)
+        self.total += torch.where(ok, values, torch.zeros_like(values))
+        self.valid += ok.double()
 
-    @torch.no_grad()
-    def observe_mask(self, num_rois: Tensor, num_images: int) -> None:
+    def observe_mask(self, num_rois: int, num_images: int) -> None:
         """Add one iteration's mask-head training RoIs to the window.
 
         Args:
-            num_rois: 0-dim count (on the device) of the RoIs the mask head trained on.
+            num_rois: how many RoIs the mask head trained on (a host number: the mask
+                branch compacts its RoIs with torch.where, so their count is known).
             num_images: the images in the batch (the count is per image).
         """
-        value = num_rois.detach().to(self.total.device).double().reshape(1)
-        self._add(slice(len(self.names) - 1, len(self.names)), value / max(num_images, 1))
-
-    def _add(self, where: slice, values: Tensor) -> None:
-        ok = ~torch.isnan(values)
-        self.total[where] += torch.where(ok, values, torch.zeros_like(values))
-        self.valid[where] += ok.double()
+        self._mask_rois.append(num_rois / max(num_images, 1))
 
     def _reduce(self, value: Tensor) -> Tensor:
         value = value.detach().to(self.total.device)
@@ -429,4 +427,7 @@ class MatchDiagnostics(nn.Module):
         total, valid = self.total.tolist(), self.valid.tolist()
         self.total.zero_()
         self.valid.zero_()
-        return {name: (t / v if v > 0 else None) for name, t, v in zip(self.names, total, valid)}
+        out = {name: (t / v if v > 0 else None) for name, t, v in zip(self.names, total, valid)}
+        mask, self._mask_rois = self._mask_rois, []
+        out["mask_rois"] = sum(mask) / len(mask) if mask else None
+        return out

@@ -468,7 +468,7 @@ class DynamicRoIHeads(RoIHeads):
             pos = torch.where(pos_mask)[0]
             mask_rois.append(roi[pos])
             pos_matched.append(idx[pos])
-        self.diagnostics.observe_mask(torch.stack([p.sum() for p in positive]).sum(), len(rois))
+        self.diagnostics.observe_mask(sum(len(r) for r in mask_rois), len(rois))
         mask_features = self.mask_head(self.mask_roi_pool(features, mask_rois, image_shapes))
         mask_logits = self.mask_predictor(mask_features)
         gt_masks = [t["masks"] for t in targets]

@@ -16,6 +16,7 @@ from dynrcnn.engine.checkpoint import atomic_write_text
 from dynrcnn.study.arms import ARMS, BASELINE, TABLES
 from dynrcnn.study.figures import plot_dynamics, read_logs
 from dynrcnn.study.layout import final_metrics_path
+from dynrcnn.study.settings import read_percent
 from dynrcnn.study.stats import (
     COLUMNS,
     PER_SEED_COLUMNS,
@@ -23,7 +24,6 @@ from dynrcnn.study.stats import (
     diff_cell,
     paired_difference,
     per_seed_text,
-    segm_columns,
     summarize,
     verdict,
 )
@@ -57,15 +57,16 @@ def load_result(arm: str, seed: int, run_dir: str, iterations: int,
     `metrics_file`, e.g. the test split's) in `columns`, and `rows`, its log.jsonl records
     (read once by the caller, which also plots them). A "segm AP" column reads the segm
     metrics of a mask detector (likewise "segm AP50", "segm AP75": SEGM_COLUMNS)."""
-    with open(metrics_file or final_metrics_path(run_dir, iterations)) as f:
-        data = json.load(f)
-    bbox = {**data.get("bbox", data), **segm_columns(data)}
+    path = metrics_file or final_metrics_path(run_dir, iterations)
+    got = read_percent(path)
+    if got is None:
+        raise FileNotFoundError(f"no metrics file {path}")
     cut = max(1, round(EARLY_FRACTION * iterations))
     early = [r for r in rows if r["iteration"] <= cut] or rows[:1]
     late = [r for r in rows if r["iteration"] > iterations - cut] or rows[-1:]
     last = rows[-1] if rows else {}
     return RunResult(
-        arm, seed, {c: 100.0 * float(bbox[c]) for c in columns if bbox.get(c) is not None},
+        arm, seed, {c: got[c] for c in columns if c in got},
         last.get("iou_thr"), last.get("beta"),
         {k: _window_mean(early, k) for k in DIAGNOSTICS},
         {k: _window_mean(late, k) for k in DIAGNOSTICS})

@@ -22,7 +22,6 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dynrcnn.study.layout import RUN_FILE, final_metrics_path
-from dynrcnn.study.stats import segm_columns
 
 # The test-time RPN of each setting: proposals kept per image after NMS, and the NMS IoU.
 TEST_SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -148,5 +147,15 @@ def read_percent(path: str) -> Optional[Dict[str, float]]:
         data = json.load(f)
     bbox = data.get("bbox", data)
     out = {k: 100.0 * float(v) for k, v in bbox.items() if isinstance(v, (int, float))}
-    out.update({k: 100.0 * v for k, v in segm_columns(data).items()})
+    out.update({k: 100.0 * v for k, v in _segm_columns(data).items()})
     return out
+
+
+def _segm_columns(data: Mapping[str, object]) -> Dict[str, float]:
+    """The SEGM_COLUMNS of a metrics.json's contents as fractions (as COCOeval gives them;
+    empty without segm metrics)."""
+    segm = data.get("segm")
+    if not isinstance(segm, Mapping):
+        return {}
+    return {f"segm {k}": float(segm[k]) for k in ("AP", "AP50", "AP75")
+            if isinstance(segm.get(k), (int, float))}

@@ -15,18 +15,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 # The AP columns every study table reports (COCO AP and AP at IoU 0.5 .. 0.9).
 COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 # A mask detector's segm columns (issue 36: segm AP, and AP50 / AP75 where a cost or gain
-# sits), read from the "segm" entry of its metrics.json by segm_columns().
+# sits), read from the "segm" entry of its metrics.json by settings.read_percent.
 SEGM_COLUMNS = ("segm AP", "segm AP50", "segm AP75")
 
-
-def segm_columns(data: Mapping[str, object]) -> Dict[str, float]:
-    """The SEGM_COLUMNS of a metrics.json's contents as fractions (as COCOeval gives them;
-    empty without segm metrics)."""
-    segm = data.get("segm")
-    if not isinstance(segm, Mapping):
-        return {}
-    return {f"segm {k}": float(segm[k]) for k in ("AP", "AP50", "AP75")
-            if isinstance(segm.get(k), (int, float))}
 # 0.975 quantile of Student's t with df = 1..30 degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,

@@ -3,8 +3,8 @@ mask head at T (the paper's algorithm applied as is) and with the mask head's ow
 positives at IoU >= 0.5 (`DynamicConfig.mask_iou`, arm mask_dla_dsl_m50), on two sets with
 masks, each a `dynrcnn study` run archive under results/.
 
-Everything is read from the archives: test metrics (eval_test_own/metrics.json: box and
-segm) and the training logs (mask_rois: the RoIs per image the mask head trained on). The
+Everything is read from the archives' report.json: test metrics (box and segm) and the
+Figure-1 windows of each run (mask_rois: the RoIs per image the mask head trained on). The
 default rule of the issue is decided here too (`mask_default`), and a test holds the
 library's default to it: the fixed mask head becomes the default only where, on every
 set, it has no resolved segm AP cost against Mask R-CNN and keeps a resolved box AP90 gain.
@@ -21,7 +21,6 @@ from _summary_regimes import quote, word
 from _summary_tables import Table, cell, diff_row, markdown_table
 
 from dynrcnn.study.comparator import ArmRuns
-from dynrcnn.study.settings import read_percent
 from dynrcnn.study.stats import PairedDiff, paired_difference
 
 # (archive under results/, what the set is): both sets, 3 seeds, 500 val and 500 test images
@@ -37,40 +36,27 @@ PAIRS = ((AT_T, BASE), (FIXED, BASE), (FIXED, AT_T))
 COLUMNS = ("segm AP", "segm AP50", "segm AP75", "AP", "AP90")
 BOX_COLUMNS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")  # the paper's Table 3 columns
 HEADER = ("segm AP", "segm AP50", "segm AP75", "box AP", "box AP90")
-EARLY = 0.1  # mask_rois early / end: the logged windows of the first / last 10%
-
-
-def _window(rows: Sequence[Dict[str, Any]], lo: float, hi: float) -> Optional[float]:
-    values = [r["mask_rois"] for r in rows
-              if r.get("mask_rois") is not None and lo < r["iteration"] <= hi]
-    return statistics.fmean(values) if values else None
 
 
 def read_set(results: Path, archive: str) -> Dict[str, Any]:
-    """{arm: ArmRuns (test metrics by seed)}, {arm: [(mask_rois early, end) per seed]} and
-    the study's size (iterations, test images) of one archive; empty runs when missing."""
-    root = results / archive
+    """From an archive's report.json (written by `dynrcnn study`): {arm: ArmRuns (test
+    metrics by seed)}, {arm: [(mask_rois early, end) per seed]} (the report's Figure-1
+    windows) and the study's size (iterations, test images); empty runs when missing."""
+    path = results / archive / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {"spec": {}, "runs": []}
     runs: Dict[str, ArmRuns] = {}
     rois: Dict[str, List[Tuple[Optional[float], Optional[float]]]] = {}
-    spec: Dict[str, Any] = {}
-    if (root / "report.json").is_file():
-        spec = json.loads((root / "report.json").read_text())["spec"]
-    iterations = int(spec.get("iterations", 0))
-    for arm in ARMS:
-        for seed_dir in sorted((root / arm).glob("seed*")):
-            test = read_percent(str(seed_dir / "eval_test_own" / "metrics.json"))
-            if test is None or "segm AP" not in test:
-                continue
-            seed = int(seed_dir.name[len("seed"):])
-            runs.setdefault(arm, ArmRuns(arm)).metrics.setdefault("test", {})[seed] = test
-            log = seed_dir / "log.jsonl"
-            rows = [json.loads(line) for line in log.read_text().splitlines()
-                    if line.strip()] if log.is_file() else []
-            cut = EARLY * iterations
-            rois.setdefault(arm, []).append(
-                (_window(rows, 0, cut), _window(rows, iterations - cut, iterations)))
+    for run in sorted(report["runs"], key=lambda r: (r["arm"], r["seed"])):
+        if run["arm"] not in ARMS or "segm AP" not in run:
+            continue
+        metrics = {k: v for k, v in run.items() if isinstance(v, float)}
+        runs.setdefault(run["arm"], ArmRuns(run["arm"])).metrics.setdefault(
+            "test", {})[int(run["seed"])] = metrics
+        rois.setdefault(run["arm"], []).append(
+            (run["early"].get("mask_rois"), run["late"].get("mask_rois")))
+    spec = report["spec"]
     return {"archive": archive, "runs": runs, "rois": rois,
-            "iterations": iterations, "images": spec.get("images")}
+            "iterations": int(spec.get("iterations", 0)), "images": spec.get("images")}
 
 
 def pair(data: Dict[str, Any], arm: str, ref: str, column: str) -> Optional[PairedDiff]:

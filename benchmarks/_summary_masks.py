@@ -103,18 +103,24 @@ def mask_default(results: Path) -> Optional[float]:
 # --------------------------------------------------------------------------- tables
 
 
-def masks_pairs(results: Path) -> Table:
-    """Paired differences on both sets: segm AP, AP50, AP75, box AP, box AP90."""
+def _pair_rows(results: Path, pairs: Sequence[Tuple[str, str]], columns: Sequence[str]
+               ) -> Tuple[List[List[str]], List[Dict[str, Any]]]:
+    """Table lines and summary rows: each set's `pairs` in `columns`, paired by seed."""
     lines, out = [], []
     for text, data in sets(results):
-        for arm, ref in PAIRS:
-            diffs = {c: pair(data, arm, ref, c) for c in COLUMNS}
+        for arm, ref in pairs:
+            diffs = {c: pair(data, arm, ref, c) for c in columns}
             n = next((d.n for d in diffs.values() if d is not None), 0)
-            lines.append([f"{text} ({_setting(data)})",
-                          f"{ARM_TEXT[arm]} - {ARM_TEXT[ref]}", str(n),
-                          *(cell(diffs[c]) for c in COLUMNS)])
+            lines.append([f"{text} ({_setting(data)})", f"{ARM_TEXT[arm]} - {ARM_TEXT[ref]}",
+                          str(n), *(cell(diffs[c]) for c in columns)])
             out.append({"set": text, "pair": f"{arm} - {ref}",
                         **{c: diff_row(d) for c, d in diffs.items()}})
+    return lines, out
+
+
+def masks_pairs(results: Path) -> Table:
+    """Paired differences on both sets: segm AP, AP50, AP75, box AP, box AP90."""
+    lines, out = _pair_rows(results, PAIRS, COLUMNS)
     return Table(
         "Dynamic Mask R-CNN against Mask R-CNN, paired by seed, on the test split (95% "
         "t-intervals; every arm with the paper's RPN: 1000 proposals after NMS 0.85, "
@@ -124,16 +130,8 @@ def masks_pairs(results: Path) -> Table:
 
 
 def masks_box(results: Path) -> Table:
-    """The box columns of the paper's Table 3 on both mask sets, beside the paper's row."""
-    lines, out = [], []
-    for text, data in sets(results):
-        for arm, ref in PAIRS[:2]:
-            diffs = {c: pair(data, arm, ref, c) for c in BOX_COLUMNS}
-            n = next((d.n for d in diffs.values() if d is not None), 0)
-            lines.append([f"{text} ({_setting(data)})", f"{ARM_TEXT[arm]} - {ARM_TEXT[ref]}",
-                          str(n), *(cell(diffs[c]) for c in BOX_COLUMNS)])
-            out.append({"set": text, "pair": f"{arm} - {ref}",
-                        **{c: diff_row(d) for c, d in diffs.items()}})
+    """The box columns of the paper's Table 3 on both mask sets."""
+    lines, out = _pair_rows(results, PAIRS[:2], BOX_COLUMNS)
     return Table(
         "Box AP of Dynamic Mask R-CNN minus Mask R-CNN (T 0.5) at every column of the "
         "paper's Table 3, paired by seed, test split (the paper's row, boxes only, is in "
